@@ -89,7 +89,7 @@ const tasks = {
     mustRun('node', ['scripts/test-packaging.mjs']);
   },
   conformance: (extra) => {
-    const cli = join(root, 'apps/conformance/package.json');
+    const cli = join(root, 'apps/conformance/src/cli.ts');
     if (!existsSync(cli)) {
       log('the conformance app (apps/conformance) does not exist yet: nothing to run');
       process.exit(2);
