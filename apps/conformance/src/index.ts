@@ -1,1 +1,27 @@
-export {};
+export { runConformance, conformanceCases, caseIds, describeBinaries } from './suite.js';
+export type { RunConformanceOptions, ConformanceResult } from './suite.js';
+export { runCli, main, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED, EXIT_USAGE } from './cli-main.js';
+export type { CliStreams } from './cli-main.js';
+export { parseCliOptions, matchesFilter, defaultJobs, USAGE, DEFAULT_TIMEOUT_S } from './options.js';
+export type { CliOptions, BinaryOptions } from './options.js';
+export { runCases, SCRATCH_PREFIX } from './runner.js';
+export type { CaseDefinition, CaseResult, CaseScope, CaseStatus, RunCasesOptions, RunCasesResult } from './runner.js';
+export {
+  buildJsonReport,
+  buildJunitReport,
+  escapeXml,
+  formatCaseLine,
+  formatSummaryLine,
+  summarize,
+} from './reporters.js';
+export type { JsonCase, JsonReport, QemuDescription, SuiteSummary } from './reporters.js';
+export { CaseContext } from './context.js';
+export type { SuiteTools } from './context.js';
+export {
+  CaseAssertionError,
+  CaseSkip,
+  CaseTimeoutError,
+  CliUsageError,
+  ConformanceError,
+  RunAbortedError,
+} from './errors.js';

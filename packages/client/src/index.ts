@@ -1,1 +1,52 @@
-export {};
+export { QmpClient } from './client.js';
+export type {
+  CloseOptions,
+  CommandArgs,
+  CommandOptions,
+  CommandReturn,
+  CommandSpecs,
+  ConnectOptions,
+  ConnectTarget,
+  ExecuteParameters,
+  LooseCommands,
+  QmpConnectionState,
+  QmpTranscriptEntry,
+} from './client.js';
+export { QmpEventHub, matchesPartial } from './events.js';
+export type {
+  DeepPartial,
+  EventMatch,
+  EventSpecs,
+  LooseEvents,
+  QmpEventListeners,
+  QmpEventMessage,
+  StreamOptions,
+  WaitOptions,
+} from './events.js';
+export {
+  QmpAbortError,
+  QmpCommandError,
+  QmpConnectionError,
+  QmpError,
+  QmpEventOverflowError,
+  QmpNegotiationError,
+  QmpProtocolError,
+  QmpTimeoutError,
+} from './errors.js';
+export { QmpMessageParser, DEFAULT_MAX_MESSAGE_SIZE } from './parser.js';
+export type { QmpParserOptions } from './parser.js';
+export { serializeCommand } from './serializer.js';
+export { classifyServerMessage } from './messages.js';
+export type {
+  QmpCommandMessage,
+  QmpErrorReply,
+  QmpGreeting,
+  QmpId,
+  QmpRawEvent,
+  QmpReply,
+  QmpServerMessage,
+  QmpSuccessReply,
+  QmpTimestamp,
+  QmpVersion,
+  QmpVersionTriple,
+} from './messages.js';

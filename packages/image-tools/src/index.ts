@@ -1,1 +1,50 @@
-export {};
+export { QemuImg, qemuImg } from './qemu-img.js';
+export type {
+  BitmapAction,
+  BitmapOptions,
+  CheckOptions,
+  CommitOptions,
+  CompareOptions,
+  ConvertOptions,
+  CreateOptions,
+  InfoOptions,
+  MapOptions,
+  QemuImgOptions,
+  RebaseOptions,
+  ResizeOptions,
+} from './qemu-img.js';
+export type {
+  CheckResult,
+  CheckStatus,
+  CompareResult,
+  ImageCheck,
+  ImageInfo,
+  ImageInfoSpecific,
+  ImageInfoSpecificQcow2,
+  MapEntry,
+  Qcow2BitmapInfo,
+  QemuImgVersion,
+  SnapshotInfo,
+} from './qemu-img-types.js';
+export { QemuIo, qemuIo, findQemuIoFailures } from './qemu-io.js';
+export type {
+  IoRange,
+  PatternRange,
+  QemuIoOptions,
+  QemuIoResult,
+  QemuIoRunOptions,
+  ReadRequest,
+  WriteRequest,
+} from './qemu-io.js';
+export { formatSize, parseSize, parseSizeBigInt } from './size.js';
+export type { Size } from './size.js';
+export type { CacheMode, ImageOptsRef, ImageRef, OptionMap, OptionValue } from './arguments.js';
+export type { CallOptions } from './run-process.js';
+export {
+  ImageToolsArgumentError,
+  ImageToolsError,
+  QemuImgError,
+  QemuIoError,
+  ToolError,
+} from './errors.js';
+export type { ToolErrorDetails, ToolFailureReason, ImageToolsErrorOptions } from './errors.js';

@@ -1,1 +1,29 @@
-export {};
+export { QemuMachine } from './machine.js';
+export type { DriveOptions, HmpQemuIoResult, QemuMachineOptions } from './machine.js';
+export { QemuStorageDaemon } from './storage-daemon.js';
+export type { QemuStorageDaemonOptions, StorageDaemonOption } from './storage-daemon.js';
+export { QemuProcess } from './qemu-process.js';
+export type {
+  ExitStatus,
+  MachineQmpClient,
+  QemuProcessOptions,
+  QemuProcessState,
+  QmpConnectOptions,
+  ShutdownResult,
+  TimeoutOptions,
+} from './qemu-process.js';
+export type { OptionValue } from './option-syntax.js';
+export { escapeOptionValue } from './option-syntax.js';
+export {
+  InvalidHmpCommandError,
+  MachineAbortError,
+  MachineConfigError,
+  MachineError,
+  MachineStateError,
+  MachineTimeoutError,
+  QemuBinaryNotFoundError,
+  QemuIoHmpError,
+  QemuLaunchError,
+  QemuShutdownError,
+} from './errors.js';
+export type { LaunchFailureReason } from './errors.js';

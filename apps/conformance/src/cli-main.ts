@@ -1,0 +1,113 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+
+import { CliUsageError, RunAbortedError } from './errors.js';
+import { USAGE, matchesFilter, parseCliOptions } from './options.js';
+import { buildJsonReport, buildJunitReport, formatCaseLine, formatSummaryLine } from './reporters.js';
+import { liveRuns } from './runner.js';
+import { caseIds, runConformance } from './suite.js';
+
+export interface CliStreams {
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
+}
+
+/** Exit statuses: 0 all passed, 1 a case failed, 2 bad usage, 130 interrupted. */
+export const EXIT_PASSED = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_INTERRUPTED = 130;
+
+async function writeReport(file: string, text: string): Promise<void> {
+  const path = resolve(file);
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(path, text);
+}
+
+/**
+ * The command line without process wiring: parses `argv`, runs the cases, prints one line per
+ * case and the summary line last, writes the reports. Resolves with the exit status.
+ */
+export async function runCli(argv: readonly string[], streams: CliStreams, signal?: AbortSignal): Promise<number> {
+  let options;
+  try {
+    options = parseCliOptions(argv);
+  } catch (error) {
+    if (CliUsageError.isInstance(error)) {
+      streams.stderr.write(`qmpkit-conformance: ${error.message}\n\n${USAGE}`);
+      return EXIT_USAGE;
+    }
+    throw error;
+  }
+  if (options.help) {
+    streams.stdout.write(USAGE);
+    return EXIT_PASSED;
+  }
+  const ids = caseIds.filter((id) => matchesFilter(id, options.filters));
+  if (options.list) {
+    for (const id of ids) streams.stdout.write(`${id}\n`);
+    return EXIT_PASSED;
+  }
+  if (ids.length === 0) {
+    streams.stderr.write(`qmpkit-conformance: no case matches --filter ${options.filters.map((f) => `"${f}"`).join(', ')}\n`);
+    return EXIT_USAGE;
+  }
+
+  let result;
+  try {
+    result = await runConformance({
+      ids,
+      binaries: options.binaries,
+      jobs: options.jobs,
+      timeoutMs: options.timeoutMs,
+      keepArtifacts: options.keepArtifacts,
+      ...(signal ? { signal } : {}),
+      onCaseEnd: (r) => streams.stdout.write(`${formatCaseLine(r)}\n`),
+    });
+  } catch (error) {
+    if (RunAbortedError.isInstance(error)) {
+      streams.stderr.write('qmpkit-conformance: interrupted; QEMU stopped and scratch directories removed\n');
+      return EXIT_INTERRUPTED;
+    }
+    throw error;
+  }
+
+  if (options.json !== undefined) {
+    await writeReport(options.json, `${JSON.stringify(buildJsonReport(result.qemu, result.cases, result.summary.wallMs), null, 2)}\n`);
+  }
+  if (options.junit !== undefined) {
+    await writeReport(options.junit, buildJunitReport(result.qemu, result.cases, result.summary.wallMs));
+  }
+  streams.stdout.write(`${formatSummaryLine(result.summary)}\n`);
+  return result.summary.failed === 0 && result.summary.skipped === 0 ? EXIT_PASSED : EXIT_FAILED;
+}
+
+/**
+ * Wire `runCli` to the process: SIGINT/SIGTERM abort the run (QEMU stopped, scratch removed,
+ * exit 130); a second signal, or a clean-up taking over 5 s, releases everything synchronously.
+ */
+export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
+  const controller = new AbortController();
+  let signalled = false;
+  const forceExit = (): never => {
+    for (const run of liveRuns) run.releaseSync();
+    process.exit(EXIT_INTERRUPTED);
+  };
+  const onSignal = (name: NodeJS.Signals): void => {
+    if (signalled) forceExit();
+    signalled = true;
+    controller.abort(new Error(`received ${name}`));
+    setTimeout(forceExit, 5_000).unref();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    process.exitCode = await runCli(argv, { stdout: process.stdout, stderr: process.stderr }, controller.signal);
+  } catch (error) {
+    process.stderr.write(`qmpkit-conformance: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exitCode = EXIT_FAILED;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}

@@ -1,0 +1,154 @@
+import { constants as fsConstants } from 'node:fs';
+import { copyFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import type { QemuImg, QemuIo } from '@qmpkit/image-tools';
+import { QemuMachine } from '@qmpkit/machine';
+
+import { CaseSkip } from './errors.js';
+import type { CaseScope } from './runner.js';
+
+/** The image tools and the system emulator the cases run, as the CLI options chose them. */
+export interface SuiteTools {
+  qemuImg: QemuImg;
+  qemuIo: QemuIo;
+  /** undefined: the machine package's default lookup ($QEMU_SYSTEM, else qemu-system-x86_64 on PATH). */
+  qemuSystem: string | undefined;
+}
+
+/** A QEMU version as the first launched machine reported it in its QMP greeting. */
+export type VersionObserver = (version: string) => void;
+
+/**
+ * Images every case starts from, built once per run and copied into each case's directory.
+ * The reference builds them in each test's set-up with the same qemu-img and qemu-io commands;
+ * the copies are byte for byte what those commands produce, without two spawns per case.
+ */
+export class ImageTemplates {
+  readonly #tools: SuiteTools;
+  readonly #built = new Map<string, Promise<string>>();
+
+  constructor(tools: SuiteTools) {
+    this.#tools = tools;
+  }
+
+  /**
+   * A 64 MiB qcow2 image with `writes` (qemu-io commands) applied, in `runDir`; built on
+   * first use, shared afterwards.
+   */
+  get(name: string, writes: readonly string[], runDir: string, signal: AbortSignal): Promise<string> {
+    const key = `${runDir}\0${name}`;
+    let built = this.#built.get(key);
+    if (built === undefined) {
+      built = this.#build(join(runDir, `${name}.qcow2`), writes, signal);
+      this.#built.set(key, built);
+    }
+    return built;
+  }
+
+  async #build(file: string, writes: readonly string[], signal: AbortSignal): Promise<string> {
+    await this.#tools.qemuImg.create(file, { format: 'qcow2', size: '64M', signal });
+    await this.#tools.qemuIo.run(file, writes, { format: 'qcow2', signal });
+    return file;
+  }
+}
+
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/** What a case works with: its directory and signal, the tools, and machines it owns. */
+export class CaseContext {
+  readonly id: string;
+  readonly dir: string;
+  readonly signal: AbortSignal;
+  readonly tools: SuiteTools;
+  readonly #scope: CaseScope;
+  readonly #templates: ImageTemplates;
+  readonly #onVersion: VersionObserver;
+  #machines = 0;
+
+  constructor(scope: CaseScope, tools: SuiteTools, templates: ImageTemplates, onVersion: VersionObserver) {
+    this.id = scope.id;
+    this.dir = scope.dir;
+    this.signal = scope.signal;
+    this.tools = tools;
+    this.#scope = scope;
+    this.#templates = templates;
+    this.#onVersion = onVersion;
+  }
+
+  get qemuImg(): QemuImg {
+    return this.tools.qemuImg;
+  }
+
+  get qemuIo(): QemuIo {
+    return this.tools.qemuIo;
+  }
+
+  /** Path of `name` inside the case's scratch directory. */
+  path(name: string): string {
+    return join(this.dir, name);
+  }
+
+  /** Copy the shared template image `name` (built from `writes` on first use) to `target`. */
+  async imageFromTemplate(name: string, writes: readonly string[], target: string): Promise<void> {
+    const template = await abortable(this.#templates.get(name, writes, this.#scope.runDir, this.#scope.runSignal), this.signal);
+    // FICLONE shares extents where the file system can; otherwise a plain copy.
+    await copyFile(template, target, fsConstants.COPYFILE_FICLONE);
+  }
+
+  /**
+   * A machine (not launched) whose QMP socket and log live in the case directory, so a kept
+   * failed case has its QEMU log and an interrupted run leaves nothing elsewhere. It is killed
+   * on timeout or interruption and shut down after the case if still running.
+   */
+  newMachine(): QemuMachine {
+    const index = this.#machines++;
+    const log = this.path(index === 0 ? 'qemu.log' : `qemu-${index}.log`);
+    const machine = new QemuMachine({
+      ...(this.tools.qemuSystem === undefined ? {} : { binary: this.tools.qemuSystem }),
+      tmpDir: this.dir,
+      logFile: log,
+    });
+    this.#scope.onKill(() => {
+      machine.kill('SIGKILL');
+    });
+    this.#scope.onTeardown(async () => {
+      await machine.shutdown({ timeout: 5_000 }).catch(() => {
+        machine.kill('SIGKILL');
+      });
+    });
+    return machine;
+  }
+
+  /** Launch `machine` under the case's signal and note QEMU's version for the report. */
+  async launch(machine: QemuMachine): Promise<void> {
+    await machine.launch({ signal: this.signal, timeout: 30_000 });
+    const version = machine.qmp.version;
+    if (version !== undefined) {
+      const { major, minor, micro } = version.qemu;
+      const pkg = version.package.trim();
+      this.#onVersion(`${major}.${minor}.${micro}${pkg ? ` (${pkg})` : ''}`);
+    }
+  }
+
+  /** End the case as skipped: the QEMU under test lacks something the case needs. */
+  skip(reason: string, cause?: unknown): never {
+    throw new CaseSkip(reason, { cause });
+  }
+}

@@ -1,0 +1,137 @@
+// Every error the conformance app throws. Each class carries a `Symbol.for` brand so that
+// `isInstance` keeps working when two copies of the app's modules are loaded (jest + dist).
+
+const BASE_BRAND = Symbol.for('qmpkit.conformance.ConformanceError');
+
+function hasBrand(value: unknown, brand: symbol): boolean {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
+}
+
+function setBrand(target: object, name: string): void {
+  // Non-enumerable: the brand must not show up in JSON reports or logs.
+  Object.defineProperty(target, Symbol.for(`qmpkit.conformance.${name}`), { value: true });
+}
+
+export interface ConformanceErrorOptions {
+  cause?: unknown;
+}
+
+/** Base class of every error of this app. */
+export class ConformanceError extends Error {
+  static isInstance(value: unknown): value is ConformanceError {
+    return hasBrand(value, BASE_BRAND);
+  }
+
+  constructor(message: string, options: ConformanceErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ConformanceError';
+    Object.defineProperty(this, BASE_BRAND, { value: true });
+  }
+}
+
+/** A command-line option is missing its value, malformed, or unknown. Exit status 2. */
+export class CliUsageError extends ConformanceError {
+  static override isInstance(value: unknown): value is CliUsageError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.CliUsageError'));
+  }
+
+  /** The option at fault (`--jobs`), or undefined when the command line as a whole is wrong. */
+  readonly option: string | undefined;
+  readonly value: string | undefined;
+
+  constructor(message: string, details: { option?: string; value?: string; cause?: unknown } = {}) {
+    super(message, { cause: details.cause });
+    this.name = 'CliUsageError';
+    this.option = details.option;
+    this.value = details.value;
+    setBrand(this, 'CliUsageError');
+  }
+}
+
+/**
+ * A check of a case did not hold. `check` names what was checked (the same thing the reference
+ * test asserts), `expected` and `actual` are what differed.
+ */
+export class CaseAssertionError extends ConformanceError {
+  static override isInstance(value: unknown): value is CaseAssertionError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.CaseAssertionError'));
+  }
+
+  readonly check: string;
+  readonly expected: unknown;
+  readonly actual: unknown;
+
+  constructor(check: string, expected: unknown, actual: unknown, options: ConformanceErrorOptions & { detail?: string } = {}) {
+    super(
+      `${check}: expected ${show(expected)}, got ${show(actual)}${options.detail ? ` (${options.detail})` : ''}`,
+      options,
+    );
+    this.name = 'CaseAssertionError';
+    this.check = check;
+    this.expected = expected;
+    this.actual = actual;
+    setBrand(this, 'CaseAssertionError');
+  }
+}
+
+/** A case ran longer than `--timeout`; its machines were killed and its tools aborted. */
+export class CaseTimeoutError extends ConformanceError {
+  static override isInstance(value: unknown): value is CaseTimeoutError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.CaseTimeoutError'));
+  }
+
+  readonly caseId: string;
+  readonly timeoutMs: number;
+
+  constructor(caseId: string, timeoutMs: number) {
+    super(`${caseId} did not finish within ${timeoutMs} ms`);
+    this.name = 'CaseTimeoutError';
+    this.caseId = caseId;
+    this.timeoutMs = timeoutMs;
+    setBrand(this, 'CaseTimeoutError');
+  }
+}
+
+/**
+ * Thrown by a case whose precondition the QEMU under test does not meet (for example a build
+ * without the blkdebug driver). The case is reported as skipped, with `reason`.
+ */
+export class CaseSkip extends ConformanceError {
+  static override isInstance(value: unknown): value is CaseSkip {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.CaseSkip'));
+  }
+
+  readonly reason: string;
+
+  constructor(reason: string, options: ConformanceErrorOptions = {}) {
+    super(`skipped: ${reason}`, options);
+    this.name = 'CaseSkip';
+    this.reason = reason;
+    setBrand(this, 'CaseSkip');
+  }
+}
+
+/** The run was interrupted (SIGINT or the caller's AbortSignal) before every case finished. */
+export class RunAbortedError extends ConformanceError {
+  static override isInstance(value: unknown): value is RunAbortedError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.RunAbortedError'));
+  }
+
+  constructor(options: ConformanceErrorOptions = {}) {
+    super('the conformance run was interrupted', options);
+    this.name = 'RunAbortedError';
+    setBrand(this, 'RunAbortedError');
+  }
+}
+
+/** Compact rendering of an expected/actual value for a one-line failure message. */
+export function show(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'bigint') return `${value}n`;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}

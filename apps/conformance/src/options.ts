@@ -1,0 +1,140 @@
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+
+import { CliUsageError } from './errors.js';
+
+/** Paths of the QEMU binaries under test; undefined means the SDK's default lookup. */
+export interface BinaryOptions {
+  qemuSystem?: string;
+  qemuImg?: string;
+  qemuIo?: string;
+}
+
+export interface CliOptions {
+  filters: string[];
+  jobs: number;
+  json: string | undefined;
+  junit: string | undefined;
+  binaries: BinaryOptions;
+  keepArtifacts: boolean;
+  /** Per-case limit in milliseconds. */
+  timeoutMs: number;
+  list: boolean;
+  help: boolean;
+}
+
+export const DEFAULT_TIMEOUT_S = 60;
+
+export const USAGE = `Usage: qmpkit-conformance [options]
+
+Runs QEMU's incremental-backup conformance cases (iotest 124) through the qmpkit SDK.
+
+Options:
+  --filter PATTERN      run only cases whose id contains PATTERN (or matches it as a glob
+                        when it has * or ?); repeatable, a case matching any is selected
+  --jobs N              cases run at the same time (default: number of cores)
+  --json FILE           write a JSON report to FILE
+  --junit FILE          write a JUnit XML report to FILE
+  --qemu-system PATH    qemu-system binary (default: $QEMU_SYSTEM or qemu-system-x86_64 on PATH)
+  --qemu-img PATH       qemu-img binary (default: $QEMU_IMG or qemu-img on PATH)
+  --qemu-io PATH        qemu-io binary (default: $QEMU_IO or qemu-io on PATH)
+  --keep-artifacts      keep the images and QEMU log of failed cases (their path is printed)
+  --timeout SECONDS     limit per case (default: ${DEFAULT_TIMEOUT_S})
+  --list                print the case ids and exit
+  -h, --help            print this help and exit
+`;
+
+function positiveInteger(option: string, raw: string): number {
+  if (!/^[0-9]+$/.test(raw) || Number(raw) < 1) {
+    throw new CliUsageError(`${option} needs a positive integer, got "${raw}"`, { option, value: raw });
+  }
+  return Number(raw);
+}
+
+function positiveSeconds(option: string, raw: string): number {
+  const value = Number(raw);
+  if (raw.trim() === '' || !Number.isFinite(value) || value <= 0) {
+    throw new CliUsageError(`${option} needs a positive number of seconds, got "${raw}"`, { option, value: raw });
+  }
+  return value;
+}
+
+function nonEmpty(option: string, raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (raw === '') throw new CliUsageError(`${option} needs a non-empty value`, { option, value: raw });
+  return raw;
+}
+
+/** Parse the command line (without `node` and the script). Throws `CliUsageError`. */
+export function parseCliOptions(argv: readonly string[]): CliOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        filter: { type: 'string', multiple: true },
+        jobs: { type: 'string' },
+        json: { type: 'string' },
+        junit: { type: 'string' },
+        'qemu-system': { type: 'string' },
+        'qemu-img': { type: 'string' },
+        'qemu-io': { type: 'string' },
+        'keep-artifacts': { type: 'boolean' },
+        timeout: { type: 'string' },
+        list: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (error) {
+    throw new CliUsageError(error instanceof Error ? error.message : String(error), { cause: error });
+  }
+  const { values } = parsed;
+  const binaries: BinaryOptions = {};
+  const qemuSystem = nonEmpty('--qemu-system', values['qemu-system']);
+  const qemuImg = nonEmpty('--qemu-img', values['qemu-img']);
+  const qemuIo = nonEmpty('--qemu-io', values['qemu-io']);
+  if (qemuSystem !== undefined) binaries.qemuSystem = qemuSystem;
+  if (qemuImg !== undefined) binaries.qemuImg = qemuImg;
+  if (qemuIo !== undefined) binaries.qemuIo = qemuIo;
+
+  const filters = values.filter ?? [];
+  for (const f of filters) nonEmpty('--filter', f);
+
+  return {
+    filters,
+    jobs: values.jobs === undefined ? defaultJobs() : positiveInteger('--jobs', values.jobs),
+    json: nonEmpty('--json', values.json),
+    junit: nonEmpty('--junit', values.junit),
+    binaries,
+    keepArtifacts: values['keep-artifacts'] ?? false,
+    timeoutMs: Math.round(1000 * (values.timeout === undefined ? DEFAULT_TIMEOUT_S : positiveSeconds('--timeout', values.timeout))),
+    list: values.list ?? false,
+    help: values.help ?? false,
+  };
+}
+
+export function defaultJobs(): number {
+  return Math.max(1, availableParallelism());
+}
+
+/**
+ * Case selection like Python unittest's `-k`: a pattern with a wildcard is matched as a glob
+ * against the whole id, otherwise as a substring (so results select the same cases as the
+ * reference's runner would).
+ */
+export function matchesFilter(id: string, patterns: readonly string[]): boolean {
+  if (patterns.length === 0) return true;
+  return patterns.some((pattern) => (/[*?]/.test(pattern) ? globToRegExp(pattern).test(id) : id.includes(pattern)));
+}
+
+function globToRegExp(glob: string): RegExp {
+  let source = '';
+  for (const ch of glob) {
+    if (ch === '*') source += '.*';
+    else if (ch === '?') source += '.';
+    else source += ch.replace(/[\\^$.|+()[\]{}]/g, '\\$&');
+  }
+  return new RegExp(`^${source}$`);
+}

@@ -1,0 +1,163 @@
+import type { CaseResult, CaseStatus } from './runner.js';
+
+export interface QemuDescription {
+  /** QEMU's version as it reports it, e.g. `7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`. */
+  version: string;
+  /** Binary paths the run used, keyed `qemu-system`, `qemu-img`, `qemu-io`. */
+  binaries: Record<string, string>;
+}
+
+export interface SuiteSummary {
+  passed: number;
+  failed: number;
+  skipped: number;
+  wallMs: number;
+}
+
+export interface JsonCase {
+  id: string;
+  status: CaseStatus;
+  durationMs: number;
+  error?: string;
+}
+
+/** The document `--json FILE` writes. */
+export interface JsonReport {
+  qemu: QemuDescription;
+  cases: JsonCase[];
+  summary: SuiteSummary;
+}
+
+export function summarize(cases: readonly CaseResult[], wallMs: number): SuiteSummary {
+  const count = (status: CaseStatus): number => cases.filter((c) => c.status === status).length;
+  return { passed: count('passed'), failed: count('failed'), skipped: count('skipped'), wallMs };
+}
+
+const LABEL: Record<CaseStatus, string> = { passed: 'PASS', failed: 'FAIL', skipped: 'SKIP' };
+
+/** The console line of one case, and for failures and skips the reason indented below it. */
+export function formatCaseLine(result: CaseResult): string {
+  const head = `${LABEL[result.status]} ${result.id} (${result.durationMs} ms)`;
+  const lines = [head];
+  if (result.error !== undefined) {
+    for (const line of result.error.split('\n')) lines.push(`    ${line}`);
+  }
+  if (result.artifactsDir !== undefined) lines.push(`    artifacts kept in ${result.artifactsDir}`);
+  return lines.join('\n');
+}
+
+/** The last line of the console output: `N passed, N failed` then `, N skipped` when any were. */
+export function formatSummaryLine(summary: SuiteSummary): string {
+  const line = `${summary.passed} passed, ${summary.failed} failed`;
+  return summary.skipped > 0 ? `${line}, ${summary.skipped} skipped` : line;
+}
+
+export function buildJsonReport(qemu: QemuDescription, cases: readonly CaseResult[], wallMs: number): JsonReport {
+  return {
+    qemu: { version: qemu.version, binaries: { ...qemu.binaries } },
+    cases: cases.map((c) => {
+      const entry: JsonCase = { id: c.id, status: c.status, durationMs: c.durationMs };
+      if (c.error !== undefined) entry.error = c.error;
+      return entry;
+    }),
+    summary: summarize(cases, wallMs),
+  };
+}
+
+/**
+ * Escape text for XML attribute values and character data. Characters XML 1.0 cannot carry at
+ * all (most C0 controls, lone surrogates) are replaced, since escaping cannot make them legal.
+ */
+export function escapeXml(text: string, context: 'attribute' | 'text' = 'attribute'): string {
+  // Attribute values normalise literal newlines and tabs to spaces, so they are kept as references.
+  const keepWhitespace = context === 'text';
+  let out = '';
+  for (const ch of text) {
+    const code = ch.codePointAt(0) ?? 0;
+    switch (ch) {
+      case '&':
+        out += '&amp;';
+        break;
+      case '<':
+        out += '&lt;';
+        break;
+      case '>':
+        out += '&gt;';
+        break;
+      case '"':
+        out += '&quot;';
+        break;
+      case "'":
+        out += '&apos;';
+        break;
+      case '\n':
+        out += keepWhitespace ? '\n' : '&#10;';
+        break;
+      case '\r':
+        out += '&#13;';
+        break;
+      case '\t':
+        out += keepWhitespace ? '\t' : '&#9;';
+        break;
+      default:
+        if (code < 0x20 || (code >= 0xd800 && code <= 0xdfff) || code === 0xfffe || code === 0xffff) out += '\uFFFD';
+        else out += ch;
+    }
+  }
+  return out;
+}
+
+const seconds = (ms: number): string => (ms / 1000).toFixed(3);
+
+/**
+ * JUnit XML as CI systems read it: one <testsuite> per reference test class, one <testcase>
+ * per case with `classname` = the class and `name` = the method, as Python's unittest names them.
+ */
+export function buildJunitReport(qemu: QemuDescription, cases: readonly CaseResult[], wallMs: number): string {
+  const summary = summarize(cases, wallMs);
+  const groups = new Map<string, CaseResult[]>();
+  for (const c of cases) {
+    const dot = c.id.lastIndexOf('.');
+    const group = dot > 0 ? c.id.slice(0, dot) : 'conformance';
+    const list = groups.get(group) ?? [];
+    list.push(c);
+    groups.set(group, list);
+  }
+  const lines: string[] = [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    `<testsuites name="qmpkit-conformance" tests="${cases.length}" failures="${summary.failed}" errors="0" skipped="${summary.skipped}" time="${seconds(wallMs)}">`,
+  ];
+  for (const [group, members] of groups) {
+    const s = summarize(members, 0);
+    const time = members.reduce((sum, m) => sum + m.durationMs, 0);
+    lines.push(
+      `  <testsuite name="${escapeXml(group)}" tests="${members.length}" failures="${s.failed}" errors="0" skipped="${s.skipped}" time="${seconds(time)}">`,
+    );
+    lines.push('    <properties>');
+    lines.push(`      <property name="qemu.version" value="${escapeXml(qemu.version)}"/>`);
+    for (const [name, path] of Object.entries(qemu.binaries)) {
+      lines.push(`      <property name="qemu.binary.${escapeXml(name)}" value="${escapeXml(path)}"/>`);
+    }
+    lines.push('    </properties>');
+    for (const m of members) {
+      const name = m.id.slice(group.length + 1) || m.id;
+      const open = `    <testcase classname="${escapeXml(group)}" name="${escapeXml(name)}" time="${seconds(m.durationMs)}"`;
+      if (m.status === 'passed') {
+        lines.push(`${open}/>`);
+      } else if (m.status === 'skipped') {
+        lines.push(`${open}>`, `      <skipped message="${escapeXml(m.error ?? '')}"/>`, '    </testcase>');
+      } else {
+        const message = m.error ?? 'failed';
+        const firstLine = message.split('\n', 1)[0] ?? message;
+        lines.push(
+          `${open}>`,
+          `      <failure message="${escapeXml(firstLine)}" type="AssertionError">${escapeXml(message, 'text')}</failure>`,
+          '    </testcase>',
+        );
+      }
+    }
+    lines.push('  </testsuite>');
+  }
+  lines.push('</testsuites>', '');
+  return lines.join('\n');
+}

@@ -1,0 +1,288 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { CaseSkip, CaseTimeoutError, RunAbortedError } from './errors.js';
+
+export type CaseStatus = 'passed' | 'failed' | 'skipped';
+
+export interface CaseResult {
+  id: string;
+  status: CaseStatus;
+  durationMs: number;
+  /** Failure message, or the reason of a skip. */
+  error?: string;
+  /** Scratch directory kept for inspection (failed case with `keepArtifacts`). */
+  artifactsDir?: string;
+}
+
+/** What the runner hands to each case: its scratch directory, signal and clean-up hooks. */
+export interface CaseScope {
+  readonly id: string;
+  /** Private scratch directory, removed after the case unless it failed and artifacts are kept. */
+  readonly dir: string;
+  /** Aborts on the case's timeout and on interruption of the whole run. */
+  readonly signal: AbortSignal;
+  /** Directory shared by every case of the run (read-mostly fixtures), removed at the end. */
+  readonly runDir: string;
+  /** Signal of the whole run (for fixtures shared between cases, which outlive one case's timeout). */
+  readonly runSignal: AbortSignal;
+  /**
+   * Called after the case body settles, also on failure, timeout and interruption, last
+   * registered first. `failed` tells whether the case failed (to collect logs for artifacts).
+   */
+  onTeardown(fn: (failed: boolean) => Promise<void> | void): void;
+  /** Called synchronously when the case must stop now (timeout, interruption): kill processes. */
+  onKill(fn: () => void): void;
+}
+
+export interface CaseDefinition<C> {
+  id: string;
+  /** Relative cost estimate; heavier cases start first so the run ends sooner on few cores. */
+  weight?: number;
+  run(context: C): Promise<void>;
+}
+
+export interface RunCasesOptions<C> {
+  cases: ReadonlyArray<CaseDefinition<C>>;
+  makeContext: (scope: CaseScope) => C;
+  jobs: number;
+  timeoutMs: number;
+  keepArtifacts: boolean;
+  signal?: AbortSignal;
+  onCaseStart?: (id: string) => void;
+  onCaseEnd?: (result: CaseResult) => void;
+}
+
+export interface RunCasesResult {
+  /** In the order of `cases`. */
+  cases: CaseResult[];
+  wallMs: number;
+}
+
+export const SCRATCH_PREFIX = 'qmpkit-conformance-';
+
+/** After a kill, how long a case body may take to notice before the runner moves on. */
+const SETTLE_GRACE_MS = 3_000;
+/** Upper bound for one case's teardown (machine shutdown, removal). */
+const TEARDOWN_LIMIT_MS = 10_000;
+
+interface LiveCase {
+  kills: Array<() => void>;
+  dirs: string[];
+}
+
+/**
+ * Everything a run has alive right now, so an interrupt can release it even when an async
+ * teardown is stuck: `releaseSync()` kills processes and removes directories synchronously.
+ */
+export class LiveResources {
+  private readonly cases = new Set<LiveCase>();
+  private readonly dirs = new Set<string>();
+
+  track(): LiveCase {
+    const live: LiveCase = { kills: [], dirs: [] };
+    this.cases.add(live);
+    return live;
+  }
+
+  untrack(live: LiveCase): void {
+    this.cases.delete(live);
+  }
+
+  addDir(dir: string): void {
+    this.dirs.add(dir);
+  }
+
+  removeDir(dir: string): void {
+    this.dirs.delete(dir);
+  }
+
+  releaseSync(): void {
+    for (const live of this.cases) {
+      for (const kill of live.kills) {
+        try {
+          kill();
+        } catch {
+          // Best effort: the process may already be gone.
+        }
+      }
+    }
+    for (const dir of this.dirs) rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+    this.dirs.clear();
+  }
+}
+
+/** Every live run of this process; the CLI's last-resort interrupt path releases them. */
+export const liveRuns = new Set<LiveResources>();
+
+function messageOf(error: unknown): string {
+  if (error instanceof Error) {
+    const name = error.name && error.name !== 'Error' ? `${error.name}: ` : '';
+    return `${name}${error.message}`;
+  }
+  return String(error);
+}
+
+async function settleWithin<T>(promise: Promise<T>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    promise.then(
+      () => undefined,
+      () => undefined,
+    ),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  if (timer !== undefined) clearTimeout(timer);
+}
+
+/**
+ * Run the cases, `jobs` at a time, each in its own scratch directory under os.tmpdir() with a
+ * timeout. Rejects with `RunAbortedError` when `signal` aborts, after everything is released.
+ */
+export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCasesResult> {
+  const started = performance.now();
+  const runController = new AbortController();
+  const outer = options.signal;
+  const onOuterAbort = (): void => runController.abort(new RunAbortedError({ cause: outer?.reason }));
+  if (outer?.aborted) throw new RunAbortedError({ cause: outer.reason });
+  outer?.addEventListener('abort', onOuterAbort, { once: true });
+
+  const live = new LiveResources();
+  liveRuns.add(live);
+  const runDir = await mkdtemp(join(tmpdir(), `${SCRATCH_PREFIX}run-`));
+  live.addDir(runDir);
+
+  const results = new Map<string, CaseResult>();
+  const queue = [...options.cases].sort((a, b) => (b.weight ?? 1) - (a.weight ?? 1));
+
+  const runOne = async (definition: CaseDefinition<C>): Promise<CaseResult> => {
+    const controller = new AbortController();
+    const tracked = live.track();
+    const teardowns: Array<(failed: boolean) => Promise<void> | void> = [];
+    const killAll = (): void => {
+      for (const kill of tracked.kills) {
+        try {
+          kill();
+        } catch {
+          // Already gone.
+        }
+      }
+    };
+    const onRunAbort = (): void => {
+      controller.abort(runController.signal.reason);
+      killAll();
+    };
+    runController.signal.addEventListener('abort', onRunAbort, { once: true });
+
+    const dir = mkdtempSync(join(tmpdir(), SCRATCH_PREFIX));
+    live.addDir(dir);
+    tracked.dirs.push(dir);
+    const scope: CaseScope = {
+      id: definition.id,
+      dir,
+      signal: controller.signal,
+      runDir,
+      runSignal: runController.signal,
+      onTeardown: (fn) => {
+        teardowns.push(fn);
+      },
+      onKill: (fn) => {
+        tracked.kills.push(fn);
+      },
+    };
+
+    options.onCaseStart?.(definition.id);
+    const t0 = performance.now();
+    let status: CaseStatus = 'passed';
+    let error: string | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const body = Promise.resolve().then(() => definition.run(options.makeContext(scope)));
+      const timedOut = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          const timeout = new CaseTimeoutError(definition.id, options.timeoutMs);
+          controller.abort(timeout);
+          killAll();
+          // Give the body a moment to unwind through its finally blocks before reporting.
+          void settleWithin(body, SETTLE_GRACE_MS).then(() => reject(timeout));
+        }, options.timeoutMs);
+      });
+      await Promise.race([body, timedOut]);
+    } catch (caught) {
+      if (CaseSkip.isInstance(caught)) {
+        status = 'skipped';
+        error = caught.reason;
+      } else {
+        status = 'failed';
+        const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
+        error = CaseTimeoutError.isInstance(reason) ? `${reason.message}; last error: ${messageOf(caught)}` : messageOf(caught);
+        if (CaseTimeoutError.isInstance(caught)) error = caught.message;
+      }
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+    }
+    const durationMs = Math.round(performance.now() - t0);
+
+    const failed = status === 'failed';
+    for (const teardown of teardowns.reverse()) {
+      try {
+        await settleWithin(Promise.resolve().then(() => teardown(failed)), TEARDOWN_LIMIT_MS);
+      } catch {
+        // Teardown is best effort; the case result stands.
+      }
+    }
+    runController.signal.removeEventListener('abort', onRunAbort);
+    killAll();
+    live.untrack(tracked);
+
+    const result: CaseResult = { id: definition.id, status, durationMs };
+    if (error !== undefined) result.error = error;
+    if (failed && options.keepArtifacts && !runController.signal.aborted) {
+      result.artifactsDir = dir;
+    } else {
+      await rm(dir, { recursive: true, force: true, maxRetries: 3 });
+    }
+    live.removeDir(dir);
+    return result;
+  };
+
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      if (runController.signal.aborted) return;
+      const next = queue.shift();
+      if (next === undefined) return;
+      const result = await runOne(next);
+      results.set(next.id, result);
+      if (!runController.signal.aborted) options.onCaseEnd?.(result);
+    }
+  };
+
+  try {
+    const workers = Array.from({ length: Math.max(1, Math.min(options.jobs, options.cases.length)) }, () => worker());
+    await Promise.all(workers);
+  } finally {
+    outer?.removeEventListener('abort', onOuterAbort);
+    await rm(runDir, { recursive: true, force: true, maxRetries: 3 });
+    live.removeDir(runDir);
+    // A kept artifacts directory survives only a completed run: an interrupt removes everything.
+    if (runController.signal.aborted) {
+      for (const result of results.values()) {
+        if (result.artifactsDir !== undefined) {
+          await rm(result.artifactsDir, { recursive: true, force: true, maxRetries: 3 });
+          delete result.artifactsDir;
+        }
+      }
+    }
+    liveRuns.delete(live);
+  }
+  if (runController.signal.aborted) throw new RunAbortedError({ cause: outer?.reason });
+
+  return {
+    cases: options.cases.map((c) => results.get(c.id) ?? { id: c.id, status: 'failed', durationMs: 0, error: 'not run' }),
+    wallMs: Math.round(performance.now() - started),
+  };
+}

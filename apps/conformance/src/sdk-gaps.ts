@@ -1,0 +1,99 @@
+// Small adapters for what the SDK does not offer (yet). Each item says which package it
+// belongs to; the lead moves them there and this file shrinks.
+
+import type { QmpClient } from '@qmpkit/client';
+import type { QemuMachine } from '@qmpkit/machine';
+import type { BlockdevCreateOptions, QmpCommands, QmpEvents } from '@qmpkit/schema';
+
+/** The machine's client with commands and events typed by @qmpkit/schema. */
+export type TypedQmp = QmpClient<QmpCommands, QmpEvents>;
+
+/**
+ * Belongs in @qmpkit/machine: `QemuMachine.qmp` is a `QmpClient` with the client's loose
+ * default command map, so `execute('query-block-jobs')` returns `unknown`. The machine
+ * should connect with (or expose) `QmpClient<QmpCommands, QmpEvents>`; until then the
+ * cases view the same object through that type. No run-time change: the object is the same.
+ */
+export function typedQmp(machine: QemuMachine): TypedQmp {
+  return machine.qmp as unknown as TypedQmp;
+}
+
+/** What `createImageInQemu` creates: a qcow2 image, as `qemu-img create -f qcow2` would. */
+export interface InQemuImageSpec {
+  filename: string;
+  /** Virtual size in bytes. */
+  size: number;
+  clusterSize?: number;
+  backingFile?: string;
+  backingFormat?: 'qcow2' | 'raw';
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  timeout?: number;
+}
+
+let createSerial = 0;
+
+/**
+ * Run one `blockdev-create` job to its end and dismiss it, taking every JOB_STATUS_CHANGE it
+ * emits out of the client's buffer (so "no events left" checks of the cases still hold).
+ */
+async function runCreateJob(qmp: TypedQmp, id: string, options: BlockdevCreateOptions, call: CallOptions): Promise<void> {
+  const statuses: string[] = [];
+  let error: string | undefined;
+  const track = (async (): Promise<void> => {
+    for (;;) {
+      const event = await qmp.events.wait('JOB_STATUS_CHANGE', { match: (e) => e.data.id === id, ...call });
+      statuses.push(event.data.status);
+      if (event.data.status === 'concluded') {
+        const jobs = await qmp.execute('query-jobs', {}, call);
+        error = jobs.find((j) => j.id === id)?.error;
+        await qmp.execute('job-dismiss', { id }, call);
+      }
+      if (event.data.status === 'null') return;
+    }
+  })();
+  // The waiter is registered before the command, so no event can slip past it.
+  try {
+    await qmp.execute('blockdev-create', { 'job-id': id, options }, call);
+  } catch (startError) {
+    track.catch(() => undefined);
+    throw startError;
+  }
+  await track;
+  if (error !== undefined) throw new Error(`blockdev-create job ${id} failed: ${error}`);
+}
+
+/**
+ * Belongs in @qmpkit/backup (next to the targets it prepares for `blockdev-backup`, or in
+ * @qmpkit/machine): create a qcow2 image through the running QEMU with `blockdev-create`,
+ * instead of spawning `qemu-img create`. The image is made by the same qcow2 code with the
+ * same defaults (v3, 64 KiB clusters unless given, 16-bit refcounts, zlib, no extended L2),
+ * but costs two short jobs inside QEMU (~1 ms) instead of a process (~25 ms CPU, and on a
+ * busy machine a blocked Node event loop while it is forked). The cases create their
+ * backup targets this way; images that exist before QEMU starts still come from qemu-img.
+ */
+export async function createImageInQemu(qmp: TypedQmp, spec: InQemuImageSpec, call: CallOptions = {}): Promise<void> {
+  const tag = `qmpkit-create-${process.pid}-${createSerial++}`;
+  await runCreateJob(qmp, `${tag}-file`, { driver: 'file', filename: spec.filename, size: 0 }, call);
+  await qmp.execute('blockdev-add', { driver: 'file', 'node-name': tag, filename: spec.filename }, call);
+  try {
+    await runCreateJob(
+      qmp,
+      `${tag}-qcow2`,
+      {
+        driver: 'qcow2',
+        file: tag,
+        size: spec.size,
+        ...(spec.clusterSize === undefined ? {} : { 'cluster-size': spec.clusterSize }),
+        ...(spec.backingFile === undefined
+          ? {}
+          : { 'backing-file': spec.backingFile, 'backing-fmt': spec.backingFormat ?? 'qcow2' }),
+      },
+      call,
+    );
+  } finally {
+    await qmp.execute('blockdev-del', { 'node-name': tag }, call);
+  }
+}

@@ -1,0 +1,113 @@
+import { accessSync, constants, statSync } from 'node:fs';
+import { delimiter, join, resolve } from 'node:path';
+
+import { QemuImg, QemuIo } from '@qmpkit/image-tools';
+
+import { blkdebugCases } from './cases/blkdebug.js';
+import { incrementalBackupCases } from './cases/incremental-backup.js';
+import { CaseContext, ImageTemplates, type SuiteTools } from './context.js';
+import type { BinaryOptions } from './options.js';
+import type { QemuDescription, SuiteSummary } from './reporters.js';
+import { summarize } from './reporters.js';
+import { runCases, type CaseDefinition, type CaseResult } from './runner.js';
+
+/** Every case, in the reference's order of definition. */
+export const conformanceCases: ReadonlyArray<CaseDefinition<CaseContext>> = [...incrementalBackupCases, ...blkdebugCases];
+
+export const caseIds: readonly string[] = conformanceCases.map((c) => c.id);
+
+export interface RunConformanceOptions {
+  /** Ids to run (default: all). */
+  ids?: readonly string[];
+  binaries?: BinaryOptions;
+  /** Cases at a time (default 1). */
+  jobs?: number;
+  /** Per-case limit, ms (default 60 s). */
+  timeoutMs?: number;
+  keepArtifacts?: boolean;
+  signal?: AbortSignal;
+  onCaseStart?: (id: string) => void;
+  onCaseEnd?: (result: CaseResult) => void;
+}
+
+export interface ConformanceResult {
+  qemu: QemuDescription;
+  cases: CaseResult[];
+  summary: SuiteSummary;
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** Where a binary would be found: the option, else the variable, else PATH; as given when not found. */
+export function locateBinary(explicit: string | undefined, variable: string, name: string): string {
+  const wanted = explicit ?? (process.env[variable] || name);
+  if (wanted.includes('/')) return resolve(wanted);
+  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
+    if (dir !== '' && isExecutable(join(dir, wanted))) return join(dir, wanted);
+  }
+  return wanted;
+}
+
+export function describeBinaries(binaries: BinaryOptions): Record<string, string> {
+  return {
+    'qemu-system': locateBinary(binaries.qemuSystem, 'QEMU_SYSTEM', 'qemu-system-x86_64'),
+    'qemu-img': locateBinary(binaries.qemuImg, 'QEMU_IMG', 'qemu-img'),
+    'qemu-io': locateBinary(binaries.qemuIo, 'QEMU_IO', 'qemu-io'),
+  };
+}
+
+/** `qemu-system --version`, used only when no case got as far as QEMU's QMP greeting. */
+async function versionFromBinary(binary: string, signal: AbortSignal | undefined): Promise<string> {
+  const { execFile } = await import('node:child_process');
+  return new Promise((done) => {
+    execFile(binary, ['--version'], { timeout: 10_000, ...(signal ? { signal } : {}) }, (error, stdout) => {
+      const m = /version\s+(\S+)(?:\s+\(([^)]*)\))?/.exec(String(stdout));
+      if (error || !m) done('unknown');
+      else done(m[2] ? `${m[1]} (${m[2]})` : (m[1] ?? 'unknown'));
+    });
+  });
+}
+
+/**
+ * Run the selected conformance cases against the QEMU binaries given (or found) and return
+ * each case's result. Rejects with `RunAbortedError` when `signal` aborts (after cleaning up).
+ */
+export async function runConformance(options: RunConformanceOptions = {}): Promise<ConformanceResult> {
+  const binaries = options.binaries ?? {};
+  const tools: SuiteTools = {
+    qemuImg: new QemuImg(binaries.qemuImg === undefined ? {} : { binary: binaries.qemuImg }),
+    qemuIo: new QemuIo(binaries.qemuIo === undefined ? {} : { binary: binaries.qemuIo }),
+    qemuSystem: binaries.qemuSystem,
+  };
+  const selected =
+    options.ids === undefined ? conformanceCases : conformanceCases.filter((c) => options.ids?.includes(c.id));
+  const templates = new ImageTemplates(tools);
+  let version: string | undefined;
+  const run = await runCases<CaseContext>({
+    cases: selected,
+    makeContext: (scope) =>
+      new CaseContext(scope, tools, templates, (v) => {
+        version ??= v;
+      }),
+    jobs: options.jobs ?? 1,
+    timeoutMs: options.timeoutMs ?? 60_000,
+    keepArtifacts: options.keepArtifacts ?? false,
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.onCaseStart ? { onCaseStart: options.onCaseStart } : {}),
+    ...(options.onCaseEnd ? { onCaseEnd: options.onCaseEnd } : {}),
+  });
+  const described = describeBinaries(binaries);
+  version ??= await versionFromBinary(described['qemu-system'] ?? 'qemu-system-x86_64', options.signal);
+  return {
+    qemu: { version, binaries: described },
+    cases: run.cases,
+    summary: summarize(run.cases, run.wallMs),
+  };
+}

@@ -1,0 +1,231 @@
+// Every error this package throws. Each class carries a `Symbol.for` brand so `isInstance`
+// works across duplicate installs of the package (instanceof would not).
+
+const BASE_BRAND = Symbol.for('qmpkit.backup.BackupError');
+
+function hasBrand(value: unknown, brand: symbol): boolean {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
+}
+
+export class BackupError extends Error {
+  static isInstance(value: unknown): value is BackupError {
+    return hasBrand(value, BASE_BRAND);
+  }
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BackupError';
+    Object.defineProperty(this, BASE_BRAND, { value: true });
+  }
+}
+
+function brand(target: object, name: string): void {
+  Object.defineProperty(target, Symbol.for(`qmpkit.backup.${name}`), { value: true });
+}
+
+/** A bitmap granularity QEMU would refuse: not a power of two, or outside 512 B .. 2 GiB. */
+export class InvalidGranularityError extends BackupError {
+  static override isInstance(value: unknown): value is InvalidGranularityError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.InvalidGranularityError'));
+  }
+
+  readonly granularity: number;
+
+  constructor(granularity: number) {
+    super(
+      `bitmap granularity ${granularity} is invalid: it must be a power of two between 512 B and 2 GiB (2^9..2^31)`,
+    );
+    this.name = 'InvalidGranularityError';
+    this.granularity = granularity;
+    brand(this, 'InvalidGranularityError');
+  }
+}
+
+/** Neither a device (drive id) nor a node-name of that name exists. */
+export class NodeNotFoundError extends BackupError {
+  static override isInstance(value: unknown): value is NodeNotFoundError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.NodeNotFoundError'));
+  }
+
+  readonly node: string;
+
+  constructor(node: string) {
+    super(`no block device or node named "${node}"`);
+    this.name = 'NodeNotFoundError';
+    this.node = node;
+    brand(this, 'NodeNotFoundError');
+  }
+}
+
+export class BitmapNotFoundError extends BackupError {
+  static override isInstance(value: unknown): value is BitmapNotFoundError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.BitmapNotFoundError'));
+  }
+
+  readonly node: string;
+  readonly bitmap: string;
+
+  constructor(node: string, bitmap: string) {
+    super(`node "${node}" has no dirty bitmap named "${bitmap}"`);
+    this.name = 'BitmapNotFoundError';
+    this.node = node;
+    this.bitmap = bitmap;
+    brand(this, 'BitmapNotFoundError');
+  }
+}
+
+/** A job ended other than as asked (e.g. `JobResult` turned into an exception by `expectCompleted`). */
+export class BackupJobError extends BackupError {
+  static override isInstance(value: unknown): value is BackupJobError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.BackupJobError'));
+  }
+
+  readonly jobId: string;
+  readonly status: 'completed' | 'failed' | 'cancelled';
+  readonly qemuError: string | undefined;
+  /** Every job of the same run (a chain backup of several drives), when there was more than one. */
+  readonly results: ReadonlyArray<{ id: string; status: string; error?: string }>;
+
+  constructor(
+    jobId: string,
+    status: 'completed' | 'failed' | 'cancelled',
+    qemuError: string | undefined,
+    options?: { cause?: unknown; results?: ReadonlyArray<{ id: string; status: string; error?: string }> },
+  ) {
+    super(
+      `backup job "${jobId}" ${status === 'cancelled' ? 'was cancelled' : status === 'failed' ? 'failed' : 'completed'}${
+        qemuError ? `: ${qemuError}` : ''
+      }`,
+      options,
+    );
+    this.name = 'BackupJobError';
+    this.jobId = jobId;
+    this.status = status;
+    this.qemuError = qemuError;
+    this.results = options?.results ?? [];
+    brand(this, 'BackupJobError');
+  }
+}
+
+/** The job's event stream ended without the final JOB_STATUS_CHANGE (timeout, abort, disconnect). */
+export class JobTrackingError extends BackupError {
+  static override isInstance(value: unknown): value is JobTrackingError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.JobTrackingError'));
+  }
+
+  readonly jobId: string;
+
+  constructor(jobId: string, message: string, options?: { cause?: unknown }) {
+    super(`backup job "${jobId}": ${message}`, options);
+    this.name = 'JobTrackingError';
+    this.jobId = jobId;
+    brand(this, 'JobTrackingError');
+  }
+}
+
+/** A transaction that cannot be sent: empty, or a job id used twice. */
+export class InvalidTransactionError extends BackupError {
+  static override isInstance(value: unknown): value is InvalidTransactionError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.InvalidTransactionError'));
+  }
+
+  constructor(message: string) {
+    super(message);
+    this.name = 'InvalidTransactionError';
+    brand(this, 'InvalidTransactionError');
+  }
+}
+
+/**
+ * The chain cannot be continued with an incremental backup: the bitmap is missing or
+ * inconsistent, its granularity or the drive size differ from the manifest, or the manifest
+ * itself is unusable. Only a new full backup is safe; `reason` says why.
+ */
+export class NewFullBackupRequiredError extends BackupError {
+  static override isInstance(value: unknown): value is NewFullBackupRequiredError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.NewFullBackupRequiredError'));
+  }
+
+  readonly reason: ChainBrokenReason;
+  readonly node: string;
+  readonly bitmap: string;
+
+  constructor(
+    node: string,
+    bitmap: string,
+    reason: ChainBrokenReason,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `the backup chain of "${node}" (bitmap "${bitmap}") cannot be continued: ${detail}; a new full backup is required (pass { fullIfBroken: true } to take one instead)`,
+      options,
+    );
+    this.name = 'NewFullBackupRequiredError';
+    this.reason = reason;
+    this.node = node;
+    this.bitmap = bitmap;
+    brand(this, 'NewFullBackupRequiredError');
+  }
+}
+
+export type ChainBrokenReason =
+  | 'no-full-backup'
+  | 'bitmap-missing'
+  | 'bitmap-inconsistent'
+  | 'bitmap-disabled'
+  | 'granularity-mismatch'
+  | 'size-mismatch'
+  | 'last-backup-missing';
+
+/** Same class under the name the issue uses; `ChainBrokenError.isInstance` is the same check. */
+export const ChainBrokenError = NewFullBackupRequiredError;
+export type ChainBrokenError = NewFullBackupRequiredError;
+
+/** The target file exists and overwriting was not asked for. */
+export class TargetExistsError extends BackupError {
+  static override isInstance(value: unknown): value is TargetExistsError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.TargetExistsError'));
+  }
+
+  readonly target: string;
+
+  constructor(target: string) {
+    super(`backup target "${target}" already exists (pass { overwrite: true } to replace it)`);
+    this.name = 'TargetExistsError';
+    this.target = target;
+    brand(this, 'TargetExistsError');
+  }
+}
+
+/** A manifest file that cannot be read or does not have the expected shape. */
+export class ManifestError extends BackupError {
+  static override isInstance(value: unknown): value is ManifestError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.ManifestError'));
+  }
+
+  readonly path: string;
+
+  constructor(path: string, message: string, options?: { cause?: unknown }) {
+    super(`manifest ${path}: ${message}`, options);
+    this.name = 'ManifestError';
+    this.path = path;
+    brand(this, 'ManifestError');
+  }
+}
+
+/** Verification found a difference or a damaged image. */
+export class VerifyError extends BackupError {
+  static override isInstance(value: unknown): value is VerifyError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.VerifyError'));
+  }
+
+  readonly failures: readonly string[];
+
+  constructor(failures: readonly string[]) {
+    super(`verification failed:\n  ${failures.join('\n  ')}`);
+    this.name = 'VerifyError';
+    this.failures = failures;
+    brand(this, 'VerifyError');
+  }
+}

@@ -1,0 +1,20 @@
+// The QAPI types (QEMU 7.2) this package uses, from @qmpkit/schema, under one roof.
+export type {
+  BackupCommon,
+  BitmapSyncMode,
+  BlockDeviceInfo,
+  BlockDirtyBitmap,
+  BlockDirtyBitmapAdd,
+  BlockDirtyBitmapMerge,
+  BlockDirtyBitmapOrStr,
+  BlockDirtyInfo,
+  BlockInfo,
+  BlockdevBackup,
+  BlockdevOnError,
+  DriveBackup,
+  JobInfo,
+  JobStatus,
+  MirrorSyncMode,
+  NewImageMode,
+  TransactionAction,
+} from '@qmpkit/schema';

@@ -1,0 +1,95 @@
+// Scratch directories, images and QEMU machines for the integration tests: everything
+// created here is removed by `cleanup()` (called from afterEach/afterAll), also on failure.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { qemuImg, qemuIo } from '@qmpkit/image-tools';
+import { QemuMachine } from '@qmpkit/machine';
+import type { DriveOptions } from '@qmpkit/machine';
+import type { BackupQmp } from '../src/index.js';
+
+export type Pattern = readonly [pattern: number, offset: string | number, length: string | number];
+
+/** The default pattern of iotest 124's drives. */
+export const DRIVE0_PATTERN: readonly Pattern[] = [
+  [0x41, 0, 512],
+  [0xd5, '1M', '32k'],
+  [0xdc, '32M', '124k'],
+];
+export const DRIVE1_PATTERN: readonly Pattern[] = [
+  [0x14, 0, 512],
+  [0x5d, '1M', '32k'],
+  [0xcd, '32M', '124k'],
+];
+export const WRITES_A: readonly Pattern[] = [
+  [0xab, 0, 512],
+  [0xfe, '16M', '256k'],
+  [0x64, '32736k', '64k'],
+];
+export const WRITES_B: readonly Pattern[] = [
+  [0x9a, 0, 512],
+  [0x55, '8M', '352k'],
+  [0x78, '15872k', '1M'],
+];
+
+export class Scratch {
+  readonly machines: QemuMachine[] = [];
+  dir = '';
+
+  async init(): Promise<this> {
+    this.dir = await mkdtemp(join(tmpdir(), 'qmpkit-backup-'));
+    return this;
+  }
+
+  path(name: string): string {
+    return join(this.dir, name);
+  }
+
+  async image(name: string, size = '64M', patterns: readonly Pattern[] = []): Promise<string> {
+    const file = this.path(name);
+    await qemuImg.create(file, { format: 'qcow2', size });
+    if (patterns.length > 0) {
+      await qemuIo.run(file, patterns.map(([p, o, l]) => `write -P${p} ${o} ${l}`), { format: 'qcow2' });
+    }
+    return file;
+  }
+
+  async launch(drives: readonly DriveOptions[] = [], args: readonly string[] = []): Promise<QemuMachine> {
+    const vm = new QemuMachine({ drives, args });
+    this.machines.push(vm);
+    await vm.launch({ timeout: 20_000 });
+    return vm;
+  }
+
+  async cleanup(): Promise<void> {
+    for (const vm of this.machines.splice(0)) {
+      await vm.shutdown({ timeout: 10_000 }).catch(() => vm.kill());
+    }
+    if (this.dir) await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Guest-like writes through HMP qemu-io, then a flush (which also drives blkdebug's state machine). */
+export async function hmpWrites(vm: QemuMachine, drive: string, patterns: readonly Pattern[]): Promise<void> {
+  for (const [p, o, l] of patterns) await vm.hmpQemuIo(drive, `write -P${p} ${o} ${l}`);
+  await vm.hmpQemuIo(drive, 'flush');
+}
+
+/** blockdev-add a qcow2 node over blkdebug that fails the first read after the next flush (iotest 124's rule). */
+export async function addBlkdebugNode(vm: QemuMachine, nodeName: string, file: string): Promise<void> {
+  await vm.qmp.execute('blockdev-add', {
+    'node-name': nodeName,
+    driver: 'qcow2',
+    file: {
+      driver: 'blkdebug',
+      image: { driver: 'file', filename: file },
+      'set-state': [{ event: 'flush_to_disk', state: 1, new_state: 2 }],
+      'inject-error': [{ event: 'read_aio', errno: 5, state: 2, immediately: false, once: true }],
+    },
+  } as never);
+}
+
+/** The machine's client, as this package's functions take it. */
+export function qmpOf(vm: QemuMachine): BackupQmp {
+  return vm.qmp;
+}

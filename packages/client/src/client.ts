@@ -1,0 +1,652 @@
+import { createConnection, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import {
+  QmpAbortError,
+  QmpCommandError,
+  QmpConnectionError,
+  QmpNegotiationError,
+  QmpProtocolError,
+  QmpTimeoutError,
+} from './errors.js';
+import { QmpEventHub, kDispatch, kEnd, type EventSpecs, type LooseEvents } from './events.js';
+import {
+  classifyServerMessage,
+  isErrorReply,
+  type QmpCommandMessage,
+  type QmpGreeting,
+  type QmpReply,
+  type QmpVersion,
+} from './messages.js';
+import { QmpMessageParser } from './parser.js';
+import { serializeCommand } from './serializer.js';
+
+/** Any map from command name to `{ args; returns }`, e.g. `QmpCommands` from `@qmpkit/schema`. */
+export type CommandSpecs<C> = { [K in keyof C]: { args: unknown; returns: unknown } };
+
+/** The command map used when none is given: any name, any object as arguments, `unknown` back. */
+export interface LooseCommands {
+  [name: string]: { args: Record<string, unknown> | undefined; returns: unknown };
+}
+
+export type CommandArgs<C, K extends keyof C> = C[K] extends { args: infer A } ? A : never;
+export type CommandReturn<C, K extends keyof C> = C[K] extends { returns: infer R } ? R : never;
+
+export interface CommandOptions {
+  /** Milliseconds; rejects with `QmpTimeoutError`. Defaults to the connection's `commandTimeout`. */
+  timeout?: number;
+  /** Rejects with `QmpAbortError` when aborted. */
+  signal?: AbortSignal;
+}
+
+/** `args` may be left out exactly when the command has no required argument. */
+export type ExecuteParameters<A> = {} extends A
+  ? [args?: A | undefined, options?: CommandOptions]
+  : [args: A, options?: CommandOptions];
+
+export type ConnectTarget = string | { path: string } | { host: string; port: number } | Duplex;
+
+export type QmpTranscriptEntry =
+  | { direction: 'out'; time: number; message: QmpCommandMessage }
+  | {
+      direction: 'in';
+      time: number;
+      message: unknown;
+      /** Set when the message was not delivered: a reply whose id matches no pending command. */
+      dropped?: 'unknown-id';
+    };
+
+export interface ConnectOptions {
+  /**
+   * Deadline in ms for the whole connect: waiting for the socket to appear and accept,
+   * the greeting, and negotiation. Default 10 000.
+   */
+  connectTimeout?: number;
+  signal?: AbortSignal;
+  /** Enable out-of-band execution; fails with `QmpNegotiationError` if the server does not offer it. */
+  oob?: boolean;
+  /** Default timeout of every command in ms; none when omitted. */
+  commandTimeout?: number;
+  /** Events kept for late waiters and `drain()`. Default 1000. */
+  eventHistorySize?: number;
+  /** Largest message accepted from the server, in bytes. Default 10 MiB. */
+  maxMessageSize?: number;
+  /** Called with every message sent and received, and with dropped replies. Off by default. */
+  transcript?: (entry: QmpTranscriptEntry) => void;
+}
+
+export interface CloseOptions {
+  /** How long to wait for the peer to close its side before destroying the socket. Default 2000 ms. */
+  timeout?: number;
+}
+
+export type QmpConnectionState = 'connecting' | 'negotiating' | 'ready' | 'closing' | 'closed';
+
+type State =
+  | { kind: 'connecting' }
+  | { kind: 'negotiating' }
+  | { kind: 'ready' }
+  | { kind: 'closing'; done: Promise<void> }
+  | { kind: 'closed'; error: QmpConnectionError; lost: boolean };
+
+interface PendingCommand {
+  name: string;
+  args: unknown;
+  oob: boolean;
+  resolve: (value: unknown) => void;
+  reject: (error: unknown) => void;
+  timer: NodeJS.Timeout | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+const RETRYABLE_CONNECT_ERRORS = new Set(['ENOENT', 'ECONNREFUSED']);
+
+function isDuplex(target: ConnectTarget): target is Duplex {
+  return typeof target === 'object' && target !== null && typeof (target as Duplex).pipe === 'function'
+    && typeof (target as Duplex).write === 'function';
+}
+
+function describeTarget(target: ConnectTarget): string {
+  if (typeof target === 'string') return target;
+  if (isDuplex(target)) return 'stream';
+  if ('path' in target) return target.path;
+  return `${target.host}:${target.port}`;
+}
+
+function commandMessage(name: string, args: unknown, id: number, oob: boolean): QmpCommandMessage {
+  const message: QmpCommandMessage = oob ? { 'exec-oob': name } : { execute: name };
+  if (args !== undefined) message.arguments = args;
+  message.id = id;
+  return message;
+}
+
+function delay(ms: number, signal: AbortSignal | undefined, operation: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(new QmpAbortError(operation, signal.reason));
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(new QmpAbortError(operation, signal?.reason));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function openSocketOnce(target: string | { path: string } | { host: string; port: number }): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = typeof target === 'string'
+      ? createConnection({ path: target })
+      : 'path' in target ? createConnection({ path: target.path }) : createConnection({ host: target.host, port: target.port });
+    const onError = (error: Error): void => {
+      socket.off('connect', onConnect);
+      socket.destroy();
+      reject(error);
+    };
+    const onConnect = (): void => {
+      socket.off('error', onError);
+      resolve(socket);
+    };
+    socket.once('error', onError);
+    socket.once('connect', onConnect);
+  });
+}
+
+/**
+ * Connects, retrying while the socket does not exist yet or refuses: QEMU creates its
+ * listening socket a little after the process starts, so the first attempts often fail.
+ */
+async function openSocket(
+  target: string | { path: string } | { host: string; port: number },
+  deadline: number,
+  connectTimeout: number,
+  signal: AbortSignal | undefined,
+): Promise<Socket> {
+  const operation = `connect to ${describeTarget(target)}`;
+  let wait = 5;
+  for (;;) {
+    if (signal?.aborted) throw new QmpAbortError(operation, signal.reason);
+    let lastError: NodeJS.ErrnoException;
+    try {
+      const socket = await raceDeadline(openSocketOnce(target), deadline, connectTimeout, signal, operation, (s) => s.destroy());
+      return socket;
+    } catch (error) {
+      if (QmpTimeoutError.isInstance(error) || QmpAbortError.isInstance(error)) throw error;
+      lastError = error as NodeJS.ErrnoException;
+      if (!RETRYABLE_CONNECT_ERRORS.has(lastError.code ?? '')) {
+        throw new QmpConnectionError(`cannot ${operation}: ${lastError.message}`, { cause: lastError });
+      }
+    }
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) throw new QmpTimeoutError(operation, connectTimeout, { cause: lastError });
+    await delay(Math.min(wait, remaining), signal, operation);
+    wait = Math.min(wait * 2, 100);
+  }
+}
+
+/** Settles with `promise`, or rejects at the deadline or on abort (disposing a late result). */
+function raceDeadline<T>(
+  promise: Promise<T>,
+  deadline: number,
+  timeout: number,
+  signal: AbortSignal | undefined,
+  operation: string,
+  dispose?: (value: T) => void,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const finish = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      return true;
+    };
+    const onAbort = (): void => {
+      if (finish()) reject(new QmpAbortError(operation, signal?.reason));
+    };
+    const timer = setTimeout(() => {
+      if (finish()) reject(new QmpTimeoutError(operation, timeout));
+    }, Math.max(0, deadline - Date.now()));
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        if (finish()) resolve(value);
+        else dispose?.(value);
+      },
+      (error: unknown) => {
+        if (finish()) reject(error);
+      },
+    );
+  });
+}
+
+/**
+ * A QMP connection. Create it with `QmpClient.connect()`; the type parameters are the
+ * command and event maps (`QmpCommands` and `QmpEvents` from `@qmpkit/schema`).
+ *
+ * Commands get increasing integer ids and are matched to replies by id, so any number
+ * may be in flight. A reply whose id matches nothing (for example one arriving after its
+ * command timed out) is dropped and reported to the transcript. A disconnect, malformed
+ * data, or an error reply without an id (QEMU's way of saying it could not parse what it
+ * got) ends the connection: every pending command, `events.wait()` and `events.stream()`
+ * then fails with a `QmpConnectionError` whose `cause` says why.
+ */
+export class QmpClient<C extends CommandSpecs<C> = LooseCommands, E extends EventSpecs<E> = LooseEvents> {
+  /** Events of this connection: listeners, waits, streams and the history buffer. */
+  readonly events: QmpEventHub<E>;
+  /** Where this client is connected: a socket path, `host:port`, or `stream`. */
+  readonly target: string;
+
+  readonly #stream: Duplex;
+  readonly #parser: QmpMessageParser;
+  readonly #pending = new Map<number, PendingCommand>();
+  readonly #transcript: ((entry: QmpTranscriptEntry) => void) | undefined;
+  readonly #commandTimeout: number | undefined;
+  #state: State = { kind: 'connecting' };
+  #nextId = 0;
+  #greeting: QmpGreeting | undefined;
+  #greetingWaiter: { resolve: (g: QmpGreeting) => void; reject: (e: unknown) => void } | undefined;
+  #oob = false;
+  #outbox = '';
+  readonly #closed: Promise<QmpConnectionError | undefined>;
+  #resolveClosed!: (error: QmpConnectionError | undefined) => void;
+
+  private constructor(stream: Duplex, target: string, options: ConnectOptions) {
+    this.#stream = stream;
+    this.target = target;
+    this.#parser = new QmpMessageParser(options.maxMessageSize === undefined ? {} : { maxMessageSize: options.maxMessageSize });
+    this.#transcript = options.transcript;
+    this.#commandTimeout = options.commandTimeout;
+    this.events = new QmpEventHub<E>(options.eventHistorySize === undefined ? {} : { historySize: options.eventHistorySize });
+    this.#closed = new Promise((resolve) => {
+      this.#resolveClosed = resolve;
+    });
+    stream.on('data', this.#onData);
+    stream.on('error', this.#onError);
+    stream.on('end', this.#onEnd);
+    stream.on('close', this.#onClose);
+    if ('setNoDelay' in stream && typeof (stream as Socket).setNoDelay === 'function') (stream as Socket).setNoDelay(true);
+  }
+
+  /**
+   * Connects to a QMP server, reads its greeting and negotiates capabilities. `target` is a
+   * unix socket path, `{ path }`, `{ host, port }`, or a connected Duplex stream (for
+   * `-qmp stdio`: `Duplex.from({ readable: child.stdout, writable: child.stdin })`).
+   */
+  static async connect<C extends CommandSpecs<C> = LooseCommands, E extends EventSpecs<E> = LooseEvents>(
+    target: ConnectTarget,
+    options: ConnectOptions = {},
+  ): Promise<QmpClient<C, E>> {
+    const connectTimeout = options.connectTimeout ?? 10_000;
+    const deadline = Date.now() + connectTimeout;
+    const signal = options.signal;
+    const name = describeTarget(target);
+    if (signal?.aborted) throw new QmpAbortError(`connect to ${name}`, signal.reason);
+    const stream = isDuplex(target) ? target : await openSocket(target, deadline, connectTimeout, signal);
+    const client = new QmpClient<C, E>(stream, name, options);
+    try {
+      await client.#negotiate(options, deadline, connectTimeout);
+    } catch (error) {
+      client.#fail(new QmpConnectionError(`connecting to ${name} failed`, { cause: error }), false);
+      // A bad greeting is the peer's fault, not the connection's: report it as such.
+      if (QmpConnectionError.isInstance(error) && QmpProtocolError.isInstance(error.cause)) throw error.cause;
+      throw error;
+    }
+    return client;
+  }
+
+  /** `'connecting' | 'negotiating' | 'ready' | 'closing' | 'closed'`. */
+  get state(): QmpConnectionState {
+    return this.#state.kind;
+  }
+
+  /** The server's greeting, as received. */
+  get greeting(): QmpGreeting {
+    if (!this.#greeting) throw new QmpConnectionError('no greeting received yet');
+    return this.#greeting;
+  }
+
+  /** Server version from the greeting (`version.qemu.major` etc.). */
+  get version(): QmpVersion {
+    return this.greeting.QMP.version;
+  }
+
+  /** Capabilities the server offered in its greeting. */
+  get capabilities(): readonly string[] {
+    return this.greeting.QMP.capabilities;
+  }
+
+  /** Whether out-of-band execution was negotiated. */
+  get oob(): boolean {
+    return this.#oob;
+  }
+
+  /** Commands sent and not yet answered. */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Resolves when the connection has ended: with `undefined` after `close()`, or with the
+   * `QmpConnectionError` that ended it. Never rejects.
+   */
+  get closed(): Promise<QmpConnectionError | undefined> {
+    return this.#closed;
+  }
+
+  /**
+   * Runs a command and resolves with its `return` value. Rejects with `QmpCommandError`
+   * on an error reply, `QmpTimeoutError`, `QmpAbortError`, or `QmpConnectionError`.
+   */
+  execute<K extends keyof C & string>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>> {
+    return this.#send(name, params[0], params[1], false) as Promise<CommandReturn<C, K>>;
+  }
+
+  /**
+   * Runs a command out of band (`exec-oob`), which QEMU handles even while an in-band
+   * command is still running. Only commands QEMU marks `allow-oob` qualify. Rejects with
+   * `QmpNegotiationError` when the connection was not opened with `oob: true`.
+   */
+  executeOob<K extends keyof C & string>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>> {
+    if (!this.#oob) {
+      return Promise.reject(new QmpNegotiationError(
+        `cannot run ${name} out of band: the connection was not negotiated with oob (connect with { oob: true })`,
+        this.#greeting ? { offered: this.#greeting.QMP.capabilities } : {},
+      ));
+    }
+    return this.#send(name, params[0], params[1], true) as Promise<CommandReturn<C, K>>;
+  }
+
+  /** Runs an HMP command line through `human-monitor-command` and returns its text output. */
+  async hmp(commandLine: string, options?: CommandOptions): Promise<string> {
+    const output = await this.#send('human-monitor-command', { 'command-line': commandLine }, options, false);
+    return typeof output === 'string' ? output : '';
+  }
+
+  /**
+   * Closes the connection: pending commands and waits reject with `QmpConnectionError`,
+   * streams end. Resolves once the socket has closed.
+   */
+  close(options: CloseOptions = {}): Promise<void> {
+    const state = this.#state;
+    if (state.kind === 'closed') return Promise.resolve();
+    if (state.kind === 'closing') return state.done;
+    const error = new QmpConnectionError(`connection to ${this.target} closed by the client`);
+    this.#rejectAll(error);
+    this.events[kEnd](error, false);
+    const stream = this.#stream;
+    const done = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => stream.destroy(), options.timeout ?? 2000);
+      void this.#closed.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    this.#state = { kind: 'closing', done };
+    if (stream.destroyed) {
+      this.#fail(error, false);
+    } else {
+      this.#flush();
+      stream.end();
+    }
+    return done;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  async #negotiate(options: ConnectOptions, deadline: number, connectTimeout: number): Promise<void> {
+    this.#state = { kind: 'negotiating' };
+    const signal = options.signal;
+    const greetingPromise = new Promise<QmpGreeting>((resolve, reject) => {
+      this.#greetingWaiter = { resolve, reject };
+    });
+    const greeting = await raceDeadline(greetingPromise, deadline, connectTimeout, signal, `waiting for the QMP greeting from ${this.target}`);
+    const offered = greeting.QMP.capabilities;
+    const enable: string[] = [];
+    if (options.oob) {
+      if (!offered.includes('oob')) {
+        throw new QmpNegotiationError(
+          `out-of-band execution was requested but ${this.target} does not offer the oob capability (offered: ${offered.join(', ') || 'none'})`,
+          { offered },
+        );
+      }
+      enable.push('oob');
+    }
+    const remaining = Math.max(1, deadline - Date.now());
+    const commandOptions: CommandOptions = signal ? { timeout: remaining, signal } : { timeout: remaining };
+    try {
+      await this.#send('qmp_capabilities', enable.length > 0 ? { enable } : undefined, commandOptions, false);
+    } catch (error) {
+      if (QmpCommandError.isInstance(error)) {
+        throw new QmpNegotiationError(`qmp_capabilities was refused: ${error.desc}`, { cause: error, offered });
+      }
+      throw error;
+    }
+    this.#oob = enable.includes('oob');
+    if (this.#state.kind === 'negotiating') this.#state = { kind: 'ready' };
+  }
+
+  #send(name: string, args: unknown, options: CommandOptions | undefined, oob: boolean): Promise<unknown> {
+    const state = this.#state;
+    if (state.kind !== 'ready' && !(state.kind === 'negotiating' && name === 'qmp_capabilities')) {
+      const error = state.kind === 'closed'
+        ? state.error
+        : new QmpConnectionError(`cannot run ${name}: the connection to ${this.target} is ${state.kind}`);
+      return Promise.reject(error);
+    }
+    const signal = options?.signal;
+    if (signal?.aborted) return Promise.reject(new QmpAbortError(`execute ${name}`, signal.reason));
+    const id = ++this.#nextId;
+    let line: string;
+    try {
+      line = serializeCommand(name, args, id, oob);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const timeout = options?.timeout ?? this.#commandTimeout;
+    return new Promise<unknown>((resolve, reject) => {
+      const entry: PendingCommand = { name, args, oob, resolve, reject, timer: undefined, signal, onAbort: undefined };
+      this.#pending.set(id, entry);
+      if (timeout !== undefined) {
+        entry.timer = setTimeout(() => {
+          if (this.#settle(id, entry)) reject(new QmpTimeoutError(`execute ${name}`, timeout));
+        }, timeout);
+      }
+      if (signal) {
+        entry.onAbort = () => {
+          if (this.#settle(id, entry)) reject(new QmpAbortError(`execute ${name}`, signal.reason));
+        };
+        signal.addEventListener('abort', entry.onAbort, { once: true });
+      }
+      this.#write(line);
+      if (this.#transcript) this.#record({ direction: 'out', time: Date.now(), message: commandMessage(name, args, id, oob) });
+    });
+  }
+
+  /**
+   * Commands issued in the same tick go out in one write: a burst of pipelined commands
+   * costs one string join and one syscall instead of a write request each. A lone
+   * sequential command waits only for the end of the current tick.
+   */
+  #write(line: string): void {
+    if (this.#outbox === '') {
+      this.#outbox = line;
+      process.nextTick(this.#flush);
+    } else {
+      this.#outbox += line;
+    }
+  }
+
+  readonly #flush = (): void => {
+    const text = this.#outbox;
+    if (text === '') return;
+    this.#outbox = '';
+    const stream = this.#stream;
+    if (!stream.destroyed && !stream.writableEnded) stream.write(text);
+  };
+
+  /** Removes a pending command and its timer and abort listener; false if it was already settled. */
+  #settle(id: number, entry: PendingCommand): boolean {
+    if (this.#pending.get(id) !== entry) return false;
+    this.#pending.delete(id);
+    if (entry.timer !== undefined) clearTimeout(entry.timer);
+    if (entry.onAbort) entry.signal?.removeEventListener('abort', entry.onAbort);
+    return true;
+  }
+
+  #record(entry: QmpTranscriptEntry): void {
+    try {
+      this.#transcript?.(entry);
+    } catch (error) {
+      // A faulty transcript callback must not break the connection.
+      process.nextTick(() => {
+        throw error;
+      });
+    }
+  }
+
+  readonly #onData = (chunk: Buffer | string): void => {
+    let messages: unknown[];
+    try {
+      messages = this.#parser.push(chunk);
+    } catch (error) {
+      this.#fail(new QmpConnectionError(`malformed data from ${this.target}: ${(error as Error).message}`, { cause: error }), true);
+      return;
+    }
+    for (let i = 0; i < messages.length; i++) {
+      if (this.#state.kind === 'closed') return;
+      this.#handle(messages[i]);
+    }
+  };
+
+  #handle(value: unknown): void {
+    // Most traffic is successful replies; skip building a classification for them.
+    if (this.#greetingWaiter === undefined && typeof value === 'object' && value !== null && 'return' in value) {
+      this.#handleReply(value as QmpReply);
+      return;
+    }
+    let kind: ReturnType<typeof classifyServerMessage>;
+    try {
+      kind = classifyServerMessage(value);
+    } catch (error) {
+      if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
+      this.#fail(new QmpConnectionError(`unexpected message from ${this.target}: ${(error as Error).message}`, { cause: error }), true);
+      return;
+    }
+    if (this.#greetingWaiter && kind.kind !== 'greeting') {
+      if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
+      this.#fail(new QmpConnectionError(`${this.target} did not start with a QMP greeting`, {
+        cause: new QmpProtocolError(`expected a QMP greeting, got a${kind.kind === 'event' ? 'n event' : ' reply'}`, {
+          excerpt: JSON.stringify(value).slice(0, 200),
+        }),
+      }), true);
+      return;
+    }
+    switch (kind.kind) {
+      case 'reply':
+        this.#handleReply(kind.message);
+        return;
+      case 'event':
+        if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
+        this.events[kDispatch](kind.message);
+        return;
+      case 'greeting': {
+        if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
+        const waiter = this.#greetingWaiter;
+        if (this.#greeting || !waiter) {
+          this.#fail(new QmpConnectionError(`unexpected second greeting from ${this.target}`, {
+            cause: new QmpProtocolError('greeting received after the session started'),
+          }), true);
+          return;
+        }
+        this.#greeting = kind.message;
+        this.#greetingWaiter = undefined;
+        waiter.resolve(kind.message);
+        return;
+      }
+    }
+  }
+
+  #handleReply(reply: QmpReply): void {
+    const id = reply.id;
+    const entry = typeof id === 'number' ? this.#pending.get(id) : undefined;
+    if (entry === undefined) {
+      if (id === undefined && isErrorReply(reply)) {
+        if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: reply });
+        // QEMU answers without an id only when it could not even parse a request, so the
+        // two sides no longer agree on what was sent; nothing pending can be trusted.
+        const cause = new QmpProtocolError(`error reply without an id: ${reply.error.class}: ${reply.error.desc}`, {
+          excerpt: JSON.stringify(reply),
+        });
+        this.#fail(new QmpConnectionError(`${this.target} sent an error reply without an id (${reply.error.desc})`, { cause }), true);
+        return;
+      }
+      if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: reply, dropped: 'unknown-id' });
+      return;
+    }
+    if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: reply });
+    this.#settle(id as number, entry);
+    if ('return' in reply) {
+      entry.resolve(reply.return);
+    } else {
+      entry.reject(new QmpCommandError(commandMessage(entry.name, entry.args, id as number, entry.oob), reply));
+    }
+  }
+
+  readonly #onError = (error: Error): void => {
+    this.#fail(new QmpConnectionError(`connection to ${this.target} failed: ${error.message}`, { cause: error }), true);
+  };
+
+  readonly #onEnd = (): void => {
+    let cause: unknown;
+    try {
+      this.#parser.end();
+    } catch (error) {
+      cause = error;
+    }
+    const closing = this.#state.kind === 'closing';
+    const message = cause === undefined
+      ? `${this.target} closed the connection`
+      : `${this.target} closed the connection in the middle of a message`;
+    this.#fail(new QmpConnectionError(message, cause === undefined ? undefined : { cause }), !closing);
+  };
+
+  readonly #onClose = (): void => {
+    const closing = this.#state.kind === 'closing';
+    this.#fail(new QmpConnectionError(`connection to ${this.target} closed`), !closing);
+  };
+
+  #rejectAll(error: QmpConnectionError): void {
+    const pending = [...this.#pending];
+    for (const [id, entry] of pending) {
+      if (this.#settle(id, entry)) entry.reject(error);
+    }
+    const waiter = this.#greetingWaiter;
+    this.#greetingWaiter = undefined;
+    waiter?.reject(error);
+  }
+
+  /** Ends the connection once: rejects everything pending, ends waits and streams, destroys the stream. */
+  #fail(error: QmpConnectionError, lost: boolean): void {
+    const state = this.#state;
+    if (state.kind === 'closed') return;
+    const wasClosing = state.kind === 'closing';
+    this.#state = { kind: 'closed', error, lost };
+    this.#rejectAll(error);
+    this.events[kEnd](error, lost);
+    this.#stream.off('data', this.#onData);
+    // Keep an error listener: a destroyed socket may still report, and an unhandled
+    // 'error' would crash the process.
+    if (!this.#stream.destroyed) this.#stream.destroy();
+    this.#resolveClosed(wasClosing ? undefined : error);
+  }
+}

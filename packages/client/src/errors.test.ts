@@ -1,0 +1,63 @@
+import {
+  QmpAbortError,
+  QmpCommandError,
+  QmpConnectionError,
+  QmpError,
+  QmpEventOverflowError,
+  QmpNegotiationError,
+  QmpProtocolError,
+  QmpTimeoutError,
+} from './errors.js';
+
+describe('errors', () => {
+  const command = { execute: 'device_del', arguments: { id: 'x' }, id: 3 };
+  const reply = { error: { class: 'DeviceNotFound', desc: "Device 'x' not found" }, id: 3 };
+
+  test('QmpCommandError carries class, desc, command and reply', () => {
+    const error = new QmpCommandError(command, reply);
+    expect(error).toMatchObject({ name: 'QmpCommandError', errorClass: 'DeviceNotFound', desc: "Device 'x' not found", command, reply });
+    expect(error.message).toBe("device_del: DeviceNotFound: Device 'x' not found");
+  });
+
+  test('isInstance follows the class hierarchy', () => {
+    const errors = [
+      new QmpCommandError(command, reply),
+      new QmpConnectionError('gone', { cause: new Error('EPIPE') }),
+      new QmpTimeoutError('execute x', 5),
+      new QmpAbortError('execute x', 'why'),
+      new QmpProtocolError('bad'),
+      new QmpNegotiationError('no oob', { offered: [] }),
+      new QmpEventOverflowError(10, 3),
+    ];
+    for (const error of errors) {
+      expect(QmpError.isInstance(error)).toBe(true);
+      expect(error).toBeInstanceOf(Error);
+    }
+    expect(QmpCommandError.isInstance(errors[0])).toBe(true);
+    expect(QmpConnectionError.isInstance(errors[0])).toBe(false);
+    expect(QmpTimeoutError.isInstance(errors[2])).toBe(true);
+    expect(QmpTimeoutError.isInstance(errors[3])).toBe(false);
+    expect(QmpError.isInstance(new Error('plain'))).toBe(false);
+    expect(QmpError.isInstance(null)).toBe(false);
+    expect((errors[1] as Error).cause).toEqual(new Error('EPIPE'));
+    expect(errors.map((e) => e.name)).toEqual([
+      'QmpCommandError',
+      'QmpConnectionError',
+      'QmpTimeoutError',
+      'QmpAbortError',
+      'QmpProtocolError',
+      'QmpNegotiationError',
+      'QmpEventOverflowError',
+    ]);
+  });
+
+  test('the brand is a global symbol, so a copy of the package recognises it', () => {
+    const foreign = Object.assign(new Error('from another copy'), {
+      [Symbol.for('qmpkit.client.QmpError')]: true,
+      [Symbol.for('qmpkit.client.QmpTimeoutError')]: true,
+    });
+    expect(QmpError.isInstance(foreign)).toBe(true);
+    expect(QmpTimeoutError.isInstance(foreign)).toBe(true);
+    expect(QmpCommandError.isInstance(foreign)).toBe(false);
+  });
+});

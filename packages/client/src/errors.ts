@@ -1,0 +1,171 @@
+import type { QmpCommandMessage, QmpErrorReply } from './messages.js';
+
+function brandOf(name: string): symbol {
+  return Symbol.for(`qmpkit.client.${name}`);
+}
+
+function hasBrand(value: unknown, name: string): boolean {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brandOf(name)] === true;
+}
+
+/**
+ * Base of every error this package throws. Each class marks its instances with a
+ * `Symbol.for('qmpkit.client.<Class>')` brand (for itself and every base class), so
+ * `isInstance()` works across duplicate installs of the package, where `instanceof` would not.
+ * The brand names are spelled out per class because bundlers may rename classes.
+ */
+export class QmpError extends Error {
+  protected static readonly brand: string = 'QmpError';
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    const own = (new.target as unknown as { brand: string }).brand;
+    this.name = own;
+    for (let ctor: unknown = new.target; typeof ctor === 'function' && ctor !== Error; ctor = Object.getPrototypeOf(ctor)) {
+      const brand = (ctor as { brand?: unknown }).brand;
+      if (typeof brand === 'string') Object.defineProperty(this, brandOf(brand), { value: true, enumerable: false });
+    }
+  }
+
+  static isInstance(value: unknown): value is QmpError {
+    return hasBrand(value, 'QmpError');
+  }
+}
+
+/** QEMU answered a command with an error reply. */
+export class QmpCommandError extends QmpError {
+  protected static override readonly brand: string = 'QmpCommandError';
+
+  /** QMP error class, e.g. `GenericError`, `DeviceNotFound`, `CommandNotFound`. */
+  readonly errorClass: string;
+  /** QEMU's human-readable description. */
+  readonly desc: string;
+  /** The command as it was sent (including its id). */
+  readonly command: QmpCommandMessage;
+  /** The error reply as it was received. */
+  readonly reply: QmpErrorReply;
+
+  constructor(command: QmpCommandMessage, reply: QmpErrorReply) {
+    super(`${command.execute ?? command['exec-oob'] ?? 'command'}: ${reply.error.class}: ${reply.error.desc}`);
+    this.errorClass = reply.error.class;
+    this.desc = reply.error.desc;
+    this.command = command;
+    this.reply = reply;
+  }
+
+  static override isInstance(value: unknown): value is QmpCommandError {
+    return hasBrand(value, 'QmpCommandError');
+  }
+}
+
+/**
+ * The connection is unusable: the server went away, sent something that cannot be
+ * trusted (malformed JSON, an error reply without an id), or the client was closed.
+ * `cause` holds the underlying socket or protocol error when there is one.
+ */
+export class QmpConnectionError extends QmpError {
+  protected static override readonly brand: string = 'QmpConnectionError';
+
+  static override isInstance(value: unknown): value is QmpConnectionError {
+    return hasBrand(value, 'QmpConnectionError');
+  }
+}
+
+/** An operation did not finish within its `timeout`. */
+export class QmpTimeoutError extends QmpError {
+  protected static override readonly brand: string = 'QmpTimeoutError';
+
+  /** The timeout that expired, in milliseconds. */
+  readonly timeout: number;
+  /** What was being waited for, e.g. `execute query-status` or `event STOP`. */
+  readonly operation: string;
+
+  constructor(operation: string, timeout: number, options?: { cause?: unknown }) {
+    super(`${operation} timed out after ${timeout} ms`, options);
+    this.operation = operation;
+    this.timeout = timeout;
+  }
+
+  static override isInstance(value: unknown): value is QmpTimeoutError {
+    return hasBrand(value, 'QmpTimeoutError');
+  }
+}
+
+/** An operation was cancelled through its AbortSignal; `cause` is the signal's reason. */
+export class QmpAbortError extends QmpError {
+  protected static override readonly brand: string = 'QmpAbortError';
+
+  readonly operation: string;
+
+  constructor(operation: string, reason: unknown) {
+    super(`${operation} was aborted`, { cause: reason });
+    this.operation = operation;
+  }
+
+  static override isInstance(value: unknown): value is QmpAbortError {
+    return hasBrand(value, 'QmpAbortError');
+  }
+}
+
+/**
+ * The peer broke the QMP wire protocol: malformed JSON, a message over the size limit,
+ * a bad greeting, or a message of no known kind.
+ */
+export class QmpProtocolError extends QmpError {
+  protected static override readonly brand: string = 'QmpProtocolError';
+
+  /** The offending text, cut to a readable length, when there is one. */
+  readonly excerpt: string | undefined;
+
+  constructor(message: string, options?: { cause?: unknown; excerpt?: string }) {
+    super(message, options);
+    this.excerpt = options?.excerpt;
+  }
+
+  static override isInstance(value: unknown): value is QmpProtocolError {
+    return hasBrand(value, 'QmpProtocolError');
+  }
+}
+
+/**
+ * Capability negotiation failed: `oob` was asked for but not offered, `qmp_capabilities`
+ * was refused, or an out-of-band command was used on a connection without `oob`.
+ */
+export class QmpNegotiationError extends QmpError {
+  protected static override readonly brand: string = 'QmpNegotiationError';
+
+  /** Capabilities the server offered in its greeting, when known. */
+  readonly offered: readonly string[] | undefined;
+
+  constructor(message: string, options?: { cause?: unknown; offered?: readonly string[] }) {
+    super(message, options);
+    this.offered = options?.offered;
+  }
+
+  static override isInstance(value: unknown): value is QmpNegotiationError {
+    return hasBrand(value, 'QmpNegotiationError');
+  }
+}
+
+/**
+ * A `stream()` consumer fell behind: its bounded queue filled up and events were dropped.
+ * The events queued before the overflow are delivered first, then this error ends the stream.
+ */
+export class QmpEventOverflowError extends QmpError {
+  protected static override readonly brand: string = 'QmpEventOverflowError';
+
+  /** The stream's queue capacity. */
+  readonly capacity: number;
+  /** How many events were dropped. */
+  readonly dropped: number;
+
+  constructor(capacity: number, dropped: number) {
+    super(`event stream overflowed its queue of ${capacity}: ${dropped} event(s) dropped`);
+    this.capacity = capacity;
+    this.dropped = dropped;
+  }
+
+  static override isInstance(value: unknown): value is QmpEventOverflowError {
+    return hasBrand(value, 'QmpEventOverflowError');
+  }
+}

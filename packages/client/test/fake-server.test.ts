@@ -1,0 +1,338 @@
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import {
+  QmpAbortError,
+  QmpClient,
+  QmpCommandError,
+  QmpConnectionError,
+  QmpNegotiationError,
+  QmpProtocolError,
+  QmpTimeoutError,
+  type QmpTranscriptEntry,
+} from '../src/index.js';
+import { FakeQmpServer, GREETING } from './support/fake-server.js';
+
+let server: FakeQmpServer;
+const clients: QmpClient[] = [];
+
+beforeEach(async () => {
+  server = await FakeQmpServer.start();
+});
+
+afterEach(async () => {
+  for (const client of clients.splice(0)) await client.close({ timeout: 100 });
+  await server.close();
+});
+
+async function connect(options: Parameters<FakeQmpServer['connect']>[0] = {}): ReturnType<FakeQmpServer['connect']> {
+  const pair = await server.connect(options);
+  clients.push(pair.client);
+  return pair;
+}
+
+function errorOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    (value) => {
+      throw new Error(`expected a rejection, got ${JSON.stringify(value)}`);
+    },
+    (error: unknown) => error,
+  );
+}
+
+describe('framing', () => {
+  test('a reply split at every byte offset is reassembled', async () => {
+    const { client, connection } = await connect();
+    // Multi-byte UTF-8 (2, 3 and 4 bytes) so some splits fall inside a character.
+    const value = { text: 'é€𝄞 "quoted" \\ {braces} [brackets]', n: [1, 2, { x: null }] };
+    for (let offset = 1; ; offset++) {
+      const call = client.execute('echo');
+      const command = await connection.receive();
+      const bytes = Buffer.from(`${JSON.stringify({ return: value, id: command['id'] })}\n`);
+      if (offset >= bytes.length) {
+        await connection.send(bytes);
+        await expect(call).resolves.toEqual(value);
+        break;
+      }
+      await connection.send(bytes.subarray(0, offset));
+      await nextTurn();
+      await connection.send(bytes.subarray(offset));
+      await expect(call).resolves.toEqual(value);
+    }
+  });
+
+  test('several messages in one chunk: events and replies, in order', async () => {
+    const transcript: QmpTranscriptEntry[] = [];
+    const { client, connection } = await connect({ transcript: (entry) => transcript.push(entry) });
+    const seen: string[] = [];
+    client.events.on('event', (event) => seen.push(event.event));
+    const first = client.execute('first');
+    const second = client.execute('second');
+    const a = await connection.receive();
+    const b = await connection.receive();
+    transcript.length = 0;
+    await connection.send(
+      `{"event": "A", "timestamp": {"seconds": 1, "microseconds": 2}}\n{"return": 1, "id": ${JSON.stringify(a['id'])}}` +
+        `{"event": "B", "data": {"x": 1}, "timestamp": {"seconds": 1, "microseconds": 3}}\r\n{"return": 2, "id": ${JSON.stringify(b['id'])}}\n`,
+    );
+    await expect(Promise.all([first, second])).resolves.toEqual([1, 2]);
+    expect(seen).toEqual(['A', 'B']);
+    expect(transcript.map((e) => JSON.stringify(e.message))).toEqual([
+      '{"event":"A","timestamp":{"seconds":1,"microseconds":2}}',
+      `{"return":1,"id":${JSON.stringify(a['id'])}}`,
+      '{"event":"B","data":{"x":1},"timestamp":{"seconds":1,"microseconds":3}}',
+      `{"return":2,"id":${JSON.stringify(b['id'])}}`,
+    ]);
+    expect(client.events.drain().map((e) => [e.event, e.data])).toEqual([['A', {}], ['B', { x: 1 }]]);
+  });
+});
+
+describe('fatal server behaviour', () => {
+  test('malformed JSON rejects every pending call with QmpConnectionError (cause QmpProtocolError)', async () => {
+    const { client, connection } = await connect();
+    const calls = [client.execute('a'), client.execute('b')];
+    const wait = client.events.wait('NEVER');
+    const stream = client.events.stream();
+    await connection.receive();
+    await connection.send('{"return": {}, "id": 1, oops}\n');
+    for (const call of [...calls, wait, stream.next()]) {
+      const error = await errorOf(call);
+      expect(QmpConnectionError.isInstance(error)).toBe(true);
+      expect(QmpProtocolError.isInstance((error as QmpConnectionError).cause)).toBe(true);
+    }
+    expect(client.state).toBe('closed');
+    await expect(client.execute('later')).rejects.toBeInstanceOf(QmpConnectionError);
+  });
+
+  test('a message over the size limit is a protocol error', async () => {
+    const { client, connection } = await connect({ maxMessageSize: 1024 });
+    const call = client.execute('big');
+    const command = await connection.receive();
+    // Sent in pieces: the limit must hold before the message is complete.
+    const line = `{"return": "${'x'.repeat(4096)}", "id": ${JSON.stringify(command['id'])}}\n`;
+    await connection.send(line.slice(0, 600));
+    await connection.send(line.slice(600, 1500));
+    const error = await errorOf(call);
+    expect(QmpConnectionError.isInstance(error)).toBe(true);
+    const cause = (error as QmpConnectionError).cause as QmpProtocolError;
+    expect(QmpProtocolError.isInstance(cause)).toBe(true);
+    expect(cause.message).toMatch(/size limit of 1024 bytes/);
+  });
+
+  test('an error reply without an id ends the connection', async () => {
+    const { client, connection } = await connect();
+    const call = client.execute('pending');
+    await connection.receive();
+    await connection.send('{"error": {"class": "GenericError", "desc": "JSON parse error, invalid keyword"}}\n');
+    const error = await errorOf(call);
+    expect(QmpConnectionError.isInstance(error)).toBe(true);
+    expect((error as Error).message).toMatch(/without an id/);
+    expect(((error as QmpConnectionError).cause as QmpProtocolError).excerpt).toContain('invalid keyword');
+    expect(await client.closed).toBe(error);
+  });
+
+  test('the server closing mid-reply rejects pending calls promptly', async () => {
+    const { client, connection } = await connect();
+    const call = client.execute('query-status');
+    const stream = client.events.stream(['STOP']);
+    const command = await connection.receive();
+    await connection.send(`{"return": {"status": "runn`);
+    connection.socket.end();
+    const error = await errorOf(call);
+    expect(QmpConnectionError.isInstance(error)).toBe(true);
+    expect((error as Error).message).toMatch(/middle of a message/);
+    expect(QmpProtocolError.isInstance((error as QmpConnectionError).cause)).toBe(true);
+    expect(command['execute']).toBe('query-status');
+    await expect(stream.next()).rejects.toBe(error);
+  });
+
+  test('a plain disconnect fails pending calls and waits', async () => {
+    const { client, connection } = await connect();
+    const call = client.execute('slow');
+    const wait = client.events.wait('BLOCK_JOB_COMPLETED', { match: { data: { device: 'drive0' } } });
+    await connection.receive();
+    connection.destroy();
+    const [callError, waitError] = await Promise.all([errorOf(call), errorOf(wait)]);
+    expect(QmpConnectionError.isInstance(callError)).toBe(true);
+    expect(waitError).toBe(callError);
+  });
+});
+
+describe('ids, timeouts and aborts', () => {
+  test('a reply with an unknown id is dropped and reported to the transcript', async () => {
+    const transcript: QmpTranscriptEntry[] = [];
+    const { client, connection } = await connect({ transcript: (entry) => transcript.push(entry) });
+    const call = client.execute('query-status');
+    const command = await connection.receive();
+    await connection.send('{"return": "stray", "id": 424242}\n{"return": "stray", "id": "not-ours"}\n');
+    await connection.send(`{"return": "mine", "id": ${JSON.stringify(command['id'])}}\n`);
+    await expect(call).resolves.toBe('mine');
+    const dropped = transcript.filter((e) => e.direction === 'in' && e.dropped === 'unknown-id');
+    expect(dropped.map((e) => e.message)).toEqual([{ return: 'stray', id: 424242 }, { return: 'stray', id: 'not-ours' }]);
+    expect(transcript.some((e) => e.direction === 'out' && e.message.execute === 'query-status' && e.message.id === command['id'])).toBe(true);
+    expect(client.state).toBe('ready');
+  });
+
+  test('a timeout on one command leaves the connection usable', async () => {
+    const transcript: QmpTranscriptEntry[] = [];
+    const { client, connection } = await connect({ transcript: (entry) => transcript.push(entry) });
+    const slow = client.execute('slow', undefined, { timeout: 50 });
+    const slowCommand = await connection.receive();
+    const error = await errorOf(slow);
+    expect(QmpTimeoutError.isInstance(error)).toBe(true);
+    expect((error as QmpTimeoutError).timeout).toBe(50);
+    expect(client.pendingCount).toBe(0);
+    // The late reply is dropped; the next command gets its own answer.
+    await connection.send(`{"return": "late", "id": ${JSON.stringify(slowCommand['id'])}}\n`);
+    const next = client.execute('next');
+    await connection.reply('fresh');
+    await expect(next).resolves.toBe('fresh');
+    expect(transcript.filter((e) => e.direction === 'in' && e.dropped).map((e) => e.message)).toEqual([
+      { return: 'late', id: slowCommand['id'] },
+    ]);
+  });
+
+  test('commandTimeout applies to every command unless overridden', async () => {
+    const { client, connection } = await connect({ commandTimeout: 30 });
+    await expect(client.execute('a')).rejects.toBeInstanceOf(QmpTimeoutError);
+    const b = client.execute('b', undefined, { timeout: 5000 });
+    await connection.receive();
+    await connection.reply('ok');
+    await expect(b).resolves.toBe('ok');
+  });
+
+  test('abort through an AbortSignal', async () => {
+    const { client, connection } = await connect();
+    const controller = new AbortController();
+    const call = client.execute('slow', undefined, { signal: controller.signal });
+    await connection.receive();
+    controller.abort(new Error('user gave up'));
+    const error = await errorOf(call);
+    expect(QmpAbortError.isInstance(error)).toBe(true);
+    expect(((error as QmpAbortError).cause as Error).message).toBe('user gave up');
+    expect(client.pendingCount).toBe(0);
+    // An already-aborted signal: nothing is sent at all.
+    await expect(client.execute('never-sent', undefined, { signal: controller.signal })).rejects.toBeInstanceOf(QmpAbortError);
+    const next = client.execute('after');
+    const command = await connection.reply(7);
+    expect(command['execute']).toBe('after');
+    await expect(next).resolves.toBe(7);
+  });
+
+  test('an error reply rejects with QmpCommandError and nothing else', async () => {
+    const { client, connection } = await connect();
+    const call = client.execute('device_del', { id: 'x' });
+    const command = await connection.receive();
+    const reply = { error: { class: 'DeviceNotFound', desc: "Device 'x' not found" }, id: command['id'] };
+    await connection.send(`${JSON.stringify(reply)}\n`);
+    const error = (await errorOf(call)) as QmpCommandError;
+    expect(QmpCommandError.isInstance(error)).toBe(true);
+    expect(error).toMatchObject({ errorClass: 'DeviceNotFound', desc: "Device 'x' not found", reply });
+    expect(error.command).toEqual({ execute: 'device_del', arguments: { id: 'x' }, id: command['id'] });
+    expect(client.state).toBe('ready');
+  });
+
+  test('close() rejects pending commands and ends streams normally', async () => {
+    const { client, connection } = await connect();
+    const call = client.execute('pending');
+    const stream = client.events.stream();
+    await connection.receive();
+    const closing = client.close();
+    expect(client.state).toBe('closing');
+    await expect(call).rejects.toBeInstanceOf(QmpConnectionError);
+    await expect(stream.next()).resolves.toEqual({ value: undefined, done: true });
+    await closing;
+    expect(client.state).toBe('closed');
+    expect(await client.closed).toBeUndefined();
+  });
+});
+
+describe('connecting', () => {
+  test('a server that never greets: connect times out with a clear error', async () => {
+    const accepted = server.accept();
+    const started = Date.now();
+    const error = await errorOf(QmpClient.connect(server.path, { connectTimeout: 200 }));
+    expect(QmpTimeoutError.isInstance(error)).toBe(true);
+    expect((error as Error).message).toMatch(/greeting/);
+    expect(Date.now() - started).toBeLessThan(2000);
+    const connection = await accepted;
+    await connection.ended;
+  });
+
+  test('retries until the socket exists', async () => {
+    const later = await FakeQmpServer.start();
+    const path = `${later.path}.late`;
+    await later.close();
+    // Nothing listens at `path` yet: the client retries on ENOENT.
+    const { createServer } = await import('node:net');
+    const pending = QmpClient.connect(path, { connectTimeout: 5000 });
+    let attempts = 0;
+    const listener = createServer((socket) => {
+      attempts++;
+      socket.write(GREETING);
+      socket.on('data', (data) => {
+        const { id } = JSON.parse(data.toString()) as { id: number };
+        socket.write(`{"return": {}, "id": ${id}}\n`);
+      });
+    });
+    await nextTurn();
+    await new Promise<void>((resolve) => setTimeout(resolve, 50));
+    const { mkdir, rm } = await import('node:fs/promises');
+    const { dirname } = await import('node:path');
+    await mkdir(dirname(path), { recursive: true });
+    try {
+      await new Promise<void>((resolve) => listener.listen(path, resolve));
+      const client = await pending;
+      expect(client.state).toBe('ready');
+      expect(attempts).toBe(1);
+      await client.close({ timeout: 100 });
+    } finally {
+      await new Promise<void>((resolve) => listener.close(() => resolve()));
+      await rm(dirname(path), { recursive: true, force: true });
+    }
+  });
+
+  test('a missing socket fails with QmpTimeoutError at the deadline, ENOENT attached', async () => {
+    const error = await errorOf(QmpClient.connect(`${server.dir}/absent.sock`, { connectTimeout: 150 }));
+    expect(QmpTimeoutError.isInstance(error)).toBe(true);
+    expect(((error as QmpTimeoutError).cause as NodeJS.ErrnoException).code).toBe('ENOENT');
+  });
+
+  test('oob requested but not offered: QmpNegotiationError', async () => {
+    const accepted = server.accept();
+    const pending = errorOf(QmpClient.connect(server.path, { oob: true, connectTimeout: 2000 }));
+    const connection = await accepted;
+    await connection.send('{"QMP": {"version": {"qemu": {"micro": 0, "minor": 0, "major": 2}, "package": ""}, "capabilities": []}}\n');
+    const error = await pending;
+    expect(QmpNegotiationError.isInstance(error)).toBe(true);
+    expect((error as QmpNegotiationError).offered).toEqual([]);
+    await connection.ended;
+  });
+
+  test('qmp_capabilities refused: QmpNegotiationError with the command error as cause', async () => {
+    const accepted = server.accept();
+    const pending = errorOf(QmpClient.connect(server.path, { connectTimeout: 2000 }));
+    const connection = await accepted;
+    await connection.send(GREETING);
+    const command = await connection.receive();
+    await connection.send(`{"error": {"class": "GenericError", "desc": "no"}, "id": ${JSON.stringify(command['id'])}}\n`);
+    const error = await pending;
+    expect(QmpNegotiationError.isInstance(error)).toBe(true);
+    expect(QmpCommandError.isInstance((error as Error).cause)).toBe(true);
+  });
+
+  test('a bad greeting is a QmpProtocolError', async () => {
+    const accepted = server.accept();
+    const pending = errorOf(QmpClient.connect(server.path, { connectTimeout: 2000 }));
+    const connection = await accepted;
+    await connection.send('{"return": {}, "id": 1}\n');
+    const error = await pending;
+    expect(QmpProtocolError.isInstance(error)).toBe(true);
+    expect((error as Error).message).toMatch(/expected a QMP greeting/);
+  });
+
+  test('an aborted connect rejects with QmpAbortError', async () => {
+    const controller = new AbortController();
+    const pending = errorOf(QmpClient.connect(`${server.dir}/absent.sock`, { connectTimeout: 10_000, signal: controller.signal }));
+    setTimeout(() => controller.abort(), 30);
+    expect(QmpAbortError.isInstance(await pending)).toBe(true);
+  });
+});

@@ -1,0 +1,165 @@
+/**
+ * Error classes of @qmpkit/image-tools.
+ *
+ * Each class is branded with a `Symbol.for(...)` key so that `isInstance()` keeps working when a
+ * program ends up with two copies of this package (where `instanceof` would fail).
+ */
+
+const BASE_BRAND = Symbol.for('qmpkit.image-tools.ImageToolsError');
+
+function setBrand(target: object, brand: symbol): void {
+  // Non-enumerable so the brand does not show up in logs or JSON of the error.
+  Object.defineProperty(target, brand, { value: true });
+}
+
+function hasBrand(value: unknown, brand: symbol): boolean {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
+}
+
+export interface ImageToolsErrorOptions {
+  cause?: unknown;
+}
+
+/** Base class of every error thrown by this package. */
+export class ImageToolsError extends Error {
+
+  constructor(message: string, options: ImageToolsErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ImageToolsError';
+    setBrand(this, BASE_BRAND);
+  }
+
+  static isInstance(value: unknown): value is ImageToolsError {
+    return hasBrand(value, BASE_BRAND);
+  }
+}
+
+const ARGUMENT_BRAND = Symbol.for('qmpkit.image-tools.ImageToolsArgumentError');
+
+/**
+ * An argument was rejected before any process was started (bad size, pattern, file name, option
+ * value, ...). `argument` names the offending parameter and `value` is what was passed.
+ */
+export class ImageToolsArgumentError extends ImageToolsError {
+  readonly argument: string;
+  readonly value: unknown;
+
+  constructor(argument: string, value: unknown, reason: string, options: ImageToolsErrorOptions = {}) {
+    super(`invalid ${argument} (${describe(value)}): ${reason}`, options);
+    this.name = 'ImageToolsArgumentError';
+    setBrand(this, ARGUMENT_BRAND);
+    this.argument = argument;
+    this.value = value;
+  }
+
+  static override isInstance(value: unknown): value is ImageToolsArgumentError {
+    return hasBrand(value, ARGUMENT_BRAND);
+  }
+}
+
+/** Why a tool run ended without a usable result. */
+export type ToolFailureReason =
+  /** the tool exited with a status that means failure */
+  | 'exit'
+  /** the tool was killed by a signal we did not send */
+  | 'signal'
+  /** the tool could not be started (binary missing, not executable) */
+  | 'spawn'
+  /** `timeout` elapsed; the tool was killed */
+  | 'timeout'
+  /** the caller's AbortSignal fired; the tool was killed */
+  | 'abort'
+  /** the tool exited 0 but its output reports a failure (qemu-io) or cannot be parsed */
+  | 'output';
+
+export interface ToolErrorDetails {
+  binary: string;
+  argv: readonly string[];
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  reason: ToolFailureReason;
+  cause?: unknown;
+}
+
+const TOOL_BRAND = Symbol.for('qmpkit.image-tools.ToolError');
+
+/** Common shape of `QemuImgError` and `QemuIoError`: everything needed to reproduce the run. */
+export class ToolError extends ImageToolsError {
+  /** Path or name of the binary that ran. */
+  readonly binary: string;
+  /** Arguments passed to the binary (without the binary itself). */
+  readonly argv: readonly string[];
+  /** Exit status, or `null` when the process was killed or never started. */
+  readonly exitCode: number | null;
+  /** Signal that ended the process, if any. */
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly reason: ToolFailureReason;
+
+  constructor(message: string, details: ToolErrorDetails) {
+    super(message, details.cause === undefined ? {} : { cause: details.cause });
+    this.name = 'ToolError';
+    setBrand(this, TOOL_BRAND);
+    this.binary = details.binary;
+    this.argv = details.argv;
+    this.exitCode = details.exitCode;
+    this.signal = details.signal;
+    this.stdout = details.stdout;
+    this.stderr = details.stderr;
+    this.reason = details.reason;
+  }
+
+  static override isInstance(value: unknown): value is ToolError {
+    return hasBrand(value, TOOL_BRAND);
+  }
+}
+
+const IMG_BRAND = Symbol.for('qmpkit.image-tools.QemuImgError');
+
+/** A qemu-img run failed. */
+export class QemuImgError extends ToolError {
+
+  constructor(message: string, details: ToolErrorDetails) {
+    super(message, details);
+    this.name = 'QemuImgError';
+    setBrand(this, IMG_BRAND);
+  }
+
+  static override isInstance(value: unknown): value is QemuImgError {
+    return hasBrand(value, IMG_BRAND);
+  }
+}
+
+const IO_BRAND = Symbol.for('qmpkit.image-tools.QemuIoError');
+
+/**
+ * A qemu-io run failed: it exited non-zero, or one of its commands printed a failure
+ * (`failures` holds those lines; qemu-io may still exit 0 in that case).
+ */
+export class QemuIoError extends ToolError {
+  /** Output lines that report a failed command. */
+  readonly failures: readonly string[];
+
+  constructor(message: string, details: ToolErrorDetails & { failures?: readonly string[] }) {
+    super(message, details);
+    this.name = 'QemuIoError';
+    setBrand(this, IO_BRAND);
+    this.failures = details.failures ?? [];
+  }
+
+  static override isInstance(value: unknown): value is QemuIoError {
+    return hasBrand(value, IO_BRAND);
+  }
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (typeof value === 'number' || typeof value === 'boolean' || value === undefined || value === null) {
+    return String(value);
+  }
+  return typeof value;
+}

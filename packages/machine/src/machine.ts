@@ -1,0 +1,145 @@
+import { MachineConfigError, QemuIoHmpError } from './errors.js';
+import { checkQemuId, formatOptionList, type OptionValue } from './option-syntax.js';
+import { checkHmpQemuIoArguments, findQemuIoFailure, hmpQemuIoCommandLine } from './qemu-io-hmp.js';
+import { QemuProcess, type QemuProcessOptions, type TimeoutOptions } from './qemu-process.js';
+
+export interface DriveOptions {
+  /**
+   * Image file name as QEMU reads it (relative to the current directory; a `proto:` prefix
+   * selects a protocol, so write `./a:b.img` for a local file with a colon).
+   */
+  file: string;
+  /** Image format, e.g. `qcow2` or `raw`. Required: format probing is unsafe and QEMU warns about it. */
+  format: string;
+  /** The drive id (`-drive id=`), the name HMP and `query-block` use as `device`. */
+  id: string;
+  /** Node name of the format node (`node-name=`), for blockdev-level commands. */
+  nodeName?: string;
+  /**
+   * Further `-drive` options (`cache`, `discard`, `detect-zeroes`, `if`, ...). Commas in
+   * values are escaped; booleans become `on` / `off`. `if` defaults to `none`.
+   */
+  opts?: Readonly<Record<string, OptionValue>>;
+}
+
+export interface QemuMachineOptions extends QemuProcessOptions {
+  /** `-machine` value (default `none`: no guest runs, but the block layer, QMP and HMP work). */
+  machine?: string;
+  /** `-display` value (default `none`). */
+  display?: string;
+  /** Keep QEMU's default devices (default false: `-nodefaults`). */
+  defaults?: boolean;
+  /** Drives to add, as with `addDrive()`. */
+  drives?: readonly DriveOptions[];
+}
+
+export interface HmpQemuIoResult {
+  /** The HMP reply followed by what qemu-io printed to QEMU's stdout/stderr. */
+  output: string;
+}
+
+/**
+ * A `qemu-system-*` process with a connected QMP client (`machine.qmp`).
+ *
+ * ```ts
+ * await using vm = await QemuMachine.launch({ drives: [{ file, format: 'qcow2', id: 'drive0' }] });
+ * await vm.hmpQemuIo('drive0', 'write -P0xab 0 512');
+ * ```
+ */
+export class QemuMachine extends QemuProcess {
+  readonly #machineType: string;
+  readonly #display: string;
+  readonly #defaults: boolean;
+  readonly #drives: string[] = [];
+  readonly #driveIds = new Set<string>();
+  #qemuIoQueue: Promise<unknown> = Promise.resolve();
+
+  constructor(options: QemuMachineOptions = {}) {
+    super({ defaultBinary: 'qemu-system-x86_64', environmentVariable: 'QEMU_SYSTEM' }, options);
+    this.#machineType = options.machine ?? 'none';
+    this.#display = options.display ?? 'none';
+    this.#defaults = options.defaults ?? false;
+    for (const drive of options.drives ?? []) this.addDrive(drive);
+  }
+
+  /** Creates a machine and launches it; the result supports `await using`. */
+  static async launch(options: QemuMachineOptions = {}, launchOptions: TimeoutOptions = {}): Promise<QemuMachine> {
+    return new QemuMachine(options).launch(launchOptions);
+  }
+
+  /**
+   * Adds a `-drive if=none,...` for the next launch. Ids and node names are checked against
+   * QEMU's rules here, so a mistake is reported before QEMU is started.
+   */
+  addDrive(drive: DriveOptions): this {
+    checkQemuId('drive.id', drive.id);
+    if (this.#driveIds.has(drive.id)) throw new MachineConfigError('drive.id', drive.id, 'a drive with this id was already added');
+    if (drive.nodeName !== undefined) checkQemuId('drive.nodeName', drive.nodeName);
+    if (drive.file === '') throw new MachineConfigError('drive.file', drive.file, 'the file name is empty');
+    if (drive.format === '') throw new MachineConfigError('drive.format', drive.format, 'the format is empty');
+    const reserved = new Set(['file', 'format', 'id', 'node-name']);
+    const extra = Object.entries(drive.opts ?? {});
+    for (const [key] of extra) {
+      if (reserved.has(key)) throw new MachineConfigError(`drive.opts.${key}`, key, 'set it through the DriveOptions field of that name');
+    }
+    const hasInterface = extra.some(([key]) => key === 'if');
+    const entries: Array<readonly [string, OptionValue]> = [
+      ...(hasInterface ? [] : [['if', 'none'] as const]),
+      ['id', drive.id],
+      ['file', drive.file],
+      ['format', drive.format],
+      ...(drive.nodeName === undefined ? [] : [['node-name', drive.nodeName] as const]),
+      ...extra,
+    ];
+    this.#drives.push(formatOptionList('drive', entries));
+    this.#driveIds.add(drive.id);
+    return this;
+  }
+
+  protected override buildArguments(qmpChardev: string, qmpChardevId: string): string[] {
+    return [
+      '-machine',
+      this.#machineType,
+      ...(this.#defaults ? [] : ['-nodefaults']),
+      '-display',
+      this.#display,
+      '-chardev',
+      qmpChardev,
+      '-mon',
+      `chardev=${qmpChardevId},mode=control`,
+      ...this.#drives.flatMap((drive) => ['-drive', drive]),
+      ...this.extraArgs,
+    ];
+  }
+
+  /** Runs an HMP command through QMP's `human-monitor-command` and returns its text. */
+  async hmp(commandLine: string, options: TimeoutOptions = {}): Promise<string> {
+    const qmp = this.requireRunning('run an HMP command');
+    return qmp.hmp(commandLine, options);
+  }
+
+  /**
+   * Runs one qemu-io command on a drive (or node) of the running machine, like iotests'
+   * `hmp_qemu_io`. Throws `InvalidHmpCommandError` before sending anything if HMP would
+   * mis-parse the arguments, and `QemuIoHmpError` when qemu-io reports a failure (which it
+   * does only in text, partly on QEMU's stdout, so the log is read as well). Calls are
+   * run one at a time per machine so each one's output is told apart.
+   */
+  async hmpQemuIo(drive: string, command: string, options: TimeoutOptions = {}): Promise<HmpQemuIoResult> {
+    checkHmpQemuIoArguments(drive, command);
+    const qmp = this.requireRunning('run qemu-io');
+    const run = async (): Promise<HmpQemuIoResult> => {
+      const offset = await this.logOffset();
+      const reply = await qmp.hmp(hmpQemuIoCommandLine(drive, command), options);
+      // QEMU has written (and flushed) qemu-io's output before it sends the QMP reply.
+      const printed = await this.logSince(offset);
+      const output = reply + printed;
+      const failure = findQemuIoFailure(output);
+      if (failure !== undefined) throw new QemuIoHmpError(drive, command, output, failure);
+      return { output };
+    };
+    const result = this.#qemuIoQueue.then(run, run);
+    this.#qemuIoQueue = result.catch(() => undefined);
+    return result;
+  }
+}

@@ -1,0 +1,250 @@
+#!/usr/bin/env node
+// Packaging test: what `npm install @qmpkit/<pkg>` gives people outside this repository.
+//
+// For every published package (packages/*/package.json without "private": true):
+//  1. `pnpm pack` it (this is where `workspace:` and `catalog:` versions get replaced);
+//  2. lint the tarball with publint; any message (error, warning or suggestion) fails;
+// then install all tarballs together (so @qmpkit packages find each other; external
+// dependencies come from the npm registry) into two scratch projects, one ESM and one
+// CommonJS, each with `module: NodeNext`, and in both:
+//  3. load every package at run time (`import` in the ESM project, `require` in the CJS one);
+//  4. type-check a file that imports every package and uses its types, with the repository's
+//     own TypeScript. The CJS project checks a .ts (compiled as CommonJS, so it resolves the
+//     `require` condition and its .d.cts) and a .mts (the `import` condition).
+//
+// Packages are discovered, not listed, and the generated files use only what each package
+// actually exports, so the test works for packages that are still nearly empty.
+// Scratch directories live under os.tmpdir() and are removed at the end, also on failure.
+// Exit status is non-zero if anything failed; a summary table is printed last.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', DO_NOT_TRACK: '1', npm_config_fund: 'false', npm_config_audit: 'false' };
+const results = [];
+
+function record(pkg, check, ok, detail = '') {
+  results.push({ pkg, check, ok, detail });
+  const mark = ok ? 'ok  ' : 'FAIL';
+  process.stdout.write(`[packaging] ${mark} ${pkg}: ${check}${detail && !ok ? `\n${indent(detail)}` : ''}\n`);
+}
+
+function indent(text) {
+  return text.trim().split('\n').map((line) => `        ${line}`).join('\n');
+}
+
+function run(command, args, cwd) {
+  const result = spawnSync(command, args, { cwd, env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  const output = `${result.stdout ?? ''}${result.stderr ?? ''}`;
+  if (result.error) return { ok: false, output: `${result.error.message}\n${output}` };
+  return { ok: result.status === 0, output };
+}
+
+async function publishedPackages() {
+  const dirs = (await readdir(join(root, 'packages'), { withFileTypes: true })).filter((d) => d.isDirectory());
+  const packages = [];
+  for (const dir of dirs.sort((a, b) => a.name.localeCompare(b.name))) {
+    const pkgDir = join(root, 'packages', dir.name);
+    const manifestPath = join(pkgDir, 'package.json');
+    if (!existsSync(manifestPath)) continue;
+    const manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
+    if (manifest.private === true) continue;
+    packages.push({ name: manifest.name, dir: pkgDir, manifest });
+  }
+  return packages;
+}
+
+/** The catalog version of @types/node, so the scratch projects type-check with the same Node types. */
+async function typesNodeVersion() {
+  const workspace = await readFile(join(root, 'pnpm-workspace.yaml'), 'utf8');
+  const match = /^\s*"?@types\/node"?\s*:\s*"?([^"\s]+)"?\s*$/m.exec(workspace);
+  return match?.[1] ?? '^20';
+}
+
+async function pack(pkg, destination) {
+  const before = new Set(await readdir(destination));
+  const result = run('pnpm', ['pack', '--pack-destination', destination], pkg.dir);
+  if (!result.ok) throw new Error(`pnpm pack failed:\n${result.output}`);
+  const created = (await readdir(destination)).filter((f) => f.endsWith('.tgz') && !before.has(f));
+  if (created.length !== 1) throw new Error(`expected one tarball from pnpm pack, found ${created.length}:\n${result.output}`);
+  return join(destination, created[0]);
+}
+
+async function lint(pkg, tarball) {
+  const { publint } = await import(pathToFileURL(join(root, 'node_modules', 'publint', 'src', 'index-node.js')).href);
+  const { formatMessage } = await import(pathToFileURL(join(root, 'node_modules', 'publint', 'src', 'utils.js')).href);
+  const bytes = await readFile(tarball);
+  const tarballBuffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+  const { messages, pkg: linted } = await publint({ pack: { tarball: tarballBuffer }, level: 'suggestion', strict: true });
+  const lines = messages.map((m) => `${m.type}: ${formatMessage(m, linted, { color: false }) ?? m.code}`);
+  record(pkg.name, 'publint reports nothing', messages.length === 0, lines.join('\n'));
+}
+
+/** An identifier for the namespace import of a package name. */
+const identifier = (name) => name.replace(/^@qmpkit\//, '').replace(/[^A-Za-z0-9]+(.)?/g, (_, c) => (c ? c.toUpperCase() : ''));
+
+/**
+ * Type-level use of every package: the type of its whole namespace (so every exported
+ * declaration is loaded and checked), and for the client, a typed call chain, since that is
+ * the API people reach for first.
+ */
+function typeCheckSource(packages) {
+  const lines = ['// Generated by scripts/test-packaging.mjs'];
+  for (const pkg of packages) {
+    const id = identifier(pkg.name);
+    lines.push(`import * as ${id} from '${pkg.name}';`);
+  }
+  for (const pkg of packages) {
+    const id = identifier(pkg.name);
+    lines.push(`export type ${id}Exports = typeof ${id};`);
+    lines.push(`export const ${id}Names: readonly (keyof ${id}Exports)[] = Object.keys(${id}) as (keyof ${id}Exports)[];`);
+  }
+  if (packages.some((p) => p.name === '@qmpkit/client')) {
+    lines.push(
+      `import type { QmpClient, QmpCommandError, ConnectOptions } from '@qmpkit/client';`,
+      `export async function status(qmp: QmpClient): Promise<unknown> {`,
+      `  const options: ConnectOptions = { connectTimeout: 1000, oob: false };`,
+      `  void options;`,
+      `  try {`,
+      `    return await qmp.execute('query-status', undefined, { timeout: 1000 });`,
+      `  } catch (error) {`,
+      `    if (client.QmpCommandError.isInstance(error)) return (error as QmpCommandError).errorClass;`,
+      `    throw error;`,
+      `  }`,
+      `}`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function runtimeSource(packages, style) {
+  const lines = ['// Generated by scripts/test-packaging.mjs'];
+  packages.forEach((pkg, index) => {
+    lines.push(style === 'esm'
+      ? `import * as pkg${index} from '${pkg.name}';`
+      : `const pkg${index} = require('${pkg.name}');`);
+  });
+  lines.push('const loaded = {};');
+  packages.forEach((pkg, index) => lines.push(`loaded[${JSON.stringify(pkg.name)}] = Object.keys(pkg${index}).length;`));
+  if (packages.some((p) => p.name === '@qmpkit/client')) {
+    const index = packages.findIndex((p) => p.name === '@qmpkit/client');
+    lines.push(`if (typeof pkg${index}.QmpClient?.connect !== 'function') throw new Error('QmpClient.connect missing');`);
+  }
+  lines.push('console.log(JSON.stringify(loaded));');
+  return `${lines.join('\n')}\n`;
+}
+
+async function scratchProject(base, style, packages, tarballs, typesNode) {
+  const dir = join(base, `${style}-project`);
+  await mkdir(dir);
+  const dependencies = {};
+  const overrides = {};
+  for (const pkg of packages) {
+    dependencies[pkg.name] = `file:${tarballs.get(pkg.name)}`;
+    // Inter-package dependencies (e.g. client -> schema) resolve to these tarballs, never the registry.
+    overrides[pkg.name] = `$${pkg.name}`;
+  }
+  const manifest = {
+    name: `qmpkit-packaging-${style}`,
+    version: '0.0.0',
+    private: true,
+    ...(style === 'esm' ? { type: 'module' } : {}),
+    dependencies,
+    devDependencies: { '@types/node': typesNode },
+    overrides,
+  };
+  await writeFile(join(dir, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  const files = style === 'esm' ? ['check.ts'] : ['check.ts', 'check-esm.mts'];
+  const tsconfig = {
+    compilerOptions: {
+      module: 'NodeNext',
+      moduleResolution: 'NodeNext',
+      target: 'ES2022',
+      lib: ['ES2022'],
+      types: ['node'],
+      strict: true,
+      noEmit: true,
+      // Off: the point is to check what consumers see, including the packages' own .d.ts files.
+      skipLibCheck: false,
+    },
+    files,
+  };
+  await writeFile(join(dir, 'tsconfig.json'), `${JSON.stringify(tsconfig, null, 2)}\n`);
+  const source = typeCheckSource(packages);
+  for (const file of files) await writeFile(join(dir, file), source);
+  await writeFile(join(dir, style === 'esm' ? 'run.mjs' : 'run.cjs'), runtimeSource(packages, style));
+  return dir;
+}
+
+async function checkProject(style, dir, packages) {
+  const label = `${style === 'esm' ? 'ESM' : 'CommonJS'} project`;
+  const install = run('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error'], dir);
+  record('all', `npm install of the tarballs (${label})`, install.ok, install.output);
+  if (!install.ok) return;
+  const runtime = run(process.execPath, [style === 'esm' ? 'run.mjs' : 'run.cjs'], dir);
+  let loaded = {};
+  if (runtime.ok) {
+    try {
+      loaded = JSON.parse(runtime.output.trim().split('\n').pop());
+    } catch {
+      loaded = {};
+    }
+  }
+  for (const pkg of packages) {
+    const ok = runtime.ok && pkg.name in loaded;
+    record(pkg.name, `${style === 'esm' ? 'import' : 'require'} at run time (${loaded[pkg.name] ?? 0} exports)`, ok, runtime.output);
+  }
+  const typecheck = run(process.execPath, [tsc, '-p', 'tsconfig.json'], dir);
+  record('all', `tsc --noEmit with NodeNext (${label})`, typecheck.ok, typecheck.output);
+}
+
+const scratch = await mkdtemp(join(tmpdir(), 'qmpkit-packaging-'));
+let crashed;
+try {
+  const packages = await publishedPackages();
+  if (packages.length === 0) throw new Error('no published packages found under packages/');
+  process.stdout.write(`[packaging] published packages: ${packages.map((p) => p.name).join(', ')}\n`);
+  const tarballDir = join(scratch, 'tarballs');
+  await mkdir(tarballDir);
+  const tarballs = new Map();
+  for (const pkg of packages) {
+    const missing = ['dist'].filter((d) => !existsSync(join(pkg.dir, d)));
+    if (missing.length > 0) {
+      record(pkg.name, 'built', false, `${missing.join(', ')} missing: run the build first`);
+      continue;
+    }
+    try {
+      const tarball = await pack(pkg, tarballDir);
+      tarballs.set(pkg.name, tarball);
+      record(pkg.name, 'pnpm pack', true);
+      await lint(pkg, tarball);
+    } catch (error) {
+      record(pkg.name, 'pnpm pack + publint', false, String(error?.stack ?? error));
+    }
+  }
+  const packed = packages.filter((p) => tarballs.has(p.name));
+  if (packed.length === packages.length) {
+    const typesNode = await typesNodeVersion();
+    for (const style of ['esm', 'cjs']) {
+      const dir = await scratchProject(scratch, style, packed, tarballs, typesNode);
+      await checkProject(style, dir, packed);
+    }
+  } else {
+    record('all', 'scratch projects', false, 'skipped: not every package could be packed');
+  }
+} catch (error) {
+  crashed = error;
+  record('all', 'packaging test ran to the end', false, String(error?.stack ?? error));
+} finally {
+  await rm(scratch, { recursive: true, force: true });
+}
+
+const failed = results.filter((r) => !r.ok);
+process.stdout.write(`\n[packaging] summary: ${results.length - failed.length} passed, ${failed.length} failed\n`);
+for (const r of failed) process.stdout.write(`[packaging]   FAIL ${r.pkg}: ${r.check}\n`);
+process.exitCode = failed.length > 0 || crashed ? 1 : 0;
