@@ -128,7 +128,8 @@ describe('command line', () => {
   it.each([
     [['--jobs', '0'], '--jobs'],
     [['--jobs', 'two'], '--jobs'],
-    [['--timeout', '-1'], '--timeout'],
+    [['--timeout=-1'], '--timeout'],
+    [['--timeout', '0'], '--timeout'],
     [['--timeout', 'soon'], '--timeout'],
     [['--json', ''], '--json'],
   ])('rejects %j naming the option', (argv, option) => {

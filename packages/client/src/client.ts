@@ -8,7 +8,8 @@ import {
   QmpProtocolError,
   QmpTimeoutError,
 } from './errors.js';
-import { QmpEventHub, kDispatch, kEnd, type EventSpecs, type LooseEvents } from './events.js';
+import { qmpCommandInfo, type QmpCommandInfo, type QmpCommands, type QmpEvents } from '@qmpkit/schema';
+import { QmpEventHub, kDispatch, kEnd, type EventSpecs } from './events.js';
 import {
   classifyServerMessage,
   isErrorReply,
@@ -23,7 +24,10 @@ import { serializeCommand } from './serializer.js';
 /** Any map from command name to `{ args; returns }`, e.g. `QmpCommands` from `@qmpkit/schema`. */
 export type CommandSpecs<C> = { [K in keyof C]: { args: unknown; returns: unknown } };
 
-/** The command map used when none is given: any name, any object as arguments, `unknown` back. */
+/**
+ * A command map for servers other than stock QEMU 7.2 (or for untyped use): any name,
+ * any object as arguments, `unknown` back. Use it as `QmpClient<LooseCommands, LooseEvents>`.
+ */
 export interface LooseCommands {
   [name: string]: { args: Record<string, unknown> | undefined; returns: unknown };
 }
@@ -72,6 +76,12 @@ export interface ConnectOptions {
   maxMessageSize?: number;
   /** Called with every message sent and received, and with dropped replies. Off by default. */
   transcript?: (entry: QmpTranscriptEntry) => void;
+  /**
+   * Called before sending a command that QEMU 7.2's schema marks `deprecated` (e.g.
+   * `drive-backup`), once per command sent. Off by default; `process.emitWarning` is a
+   * common choice.
+   */
+  onDeprecatedCommand?: (name: string, info: QmpCommandInfo) => void;
 }
 
 export interface CloseOptions {
@@ -238,7 +248,7 @@ function raceDeadline<T>(
  * got) ends the connection: every pending command, `events.wait()` and `events.stream()`
  * then fails with a `QmpConnectionError` whose `cause` says why.
  */
-export class QmpClient<C extends CommandSpecs<C> = LooseCommands, E extends EventSpecs<E> = LooseEvents> {
+export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventSpecs<E> = QmpEvents> {
   /** Events of this connection: listeners, waits, streams and the history buffer. */
   readonly events: QmpEventHub<E>;
   /** Where this client is connected: a socket path, `host:port`, or `stream`. */
@@ -249,6 +259,7 @@ export class QmpClient<C extends CommandSpecs<C> = LooseCommands, E extends Even
   readonly #pending = new Map<number, PendingCommand>();
   readonly #transcript: ((entry: QmpTranscriptEntry) => void) | undefined;
   readonly #commandTimeout: number | undefined;
+  readonly #onDeprecatedCommand: ((name: string, info: QmpCommandInfo) => void) | undefined;
   #state: State = { kind: 'connecting' };
   #nextId = 0;
   #greeting: QmpGreeting | undefined;
@@ -264,6 +275,7 @@ export class QmpClient<C extends CommandSpecs<C> = LooseCommands, E extends Even
     this.#parser = new QmpMessageParser(options.maxMessageSize === undefined ? {} : { maxMessageSize: options.maxMessageSize });
     this.#transcript = options.transcript;
     this.#commandTimeout = options.commandTimeout;
+    this.#onDeprecatedCommand = options.onDeprecatedCommand;
     this.events = new QmpEventHub<E>(options.eventHistorySize === undefined ? {} : { historySize: options.eventHistorySize });
     this.#closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
@@ -280,7 +292,7 @@ export class QmpClient<C extends CommandSpecs<C> = LooseCommands, E extends Even
    * unix socket path, `{ path }`, `{ host, port }`, or a connected Duplex stream (for
    * `-qmp stdio`: `Duplex.from({ readable: child.stdout, writable: child.stdin })`).
    */
-  static async connect<C extends CommandSpecs<C> = LooseCommands, E extends EventSpecs<E> = LooseEvents>(
+  static async connect<C extends CommandSpecs<C> = QmpCommands, E extends EventSpecs<E> = QmpEvents>(
     target: ConnectTarget,
     options: ConnectOptions = {},
   ): Promise<QmpClient<C, E>> {
@@ -445,6 +457,10 @@ export class QmpClient<C extends CommandSpecs<C> = LooseCommands, E extends Even
     }
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(new QmpAbortError(`execute ${name}`, signal.reason));
+    if (this.#onDeprecatedCommand) {
+      const info = (qmpCommandInfo as Readonly<Record<string, QmpCommandInfo | undefined>>)[name];
+      if (info?.deprecated) this.#onDeprecatedCommand(name, info);
+    }
     const id = ++this.#nextId;
     let line: string;
     try {

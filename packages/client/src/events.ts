@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import type { QmpEvents } from '@qmpkit/schema';
 import type * as TE from 'typed-emitter';
 import { QmpAbortError, QmpConnectionError, QmpError, QmpEventOverflowError, QmpTimeoutError } from './errors.js';
 import type { QmpRawEvent, QmpTimestamp } from './messages.js';
@@ -9,8 +10,8 @@ type TypedEmitter<L extends TE.EventMap> = TE.default<L>;
 export type EventSpecs<E> = { [K in keyof E]: unknown };
 
 /**
- * The event map used when none is given: any name, data as a loosely typed object.
- * (Events without data get `{}`, see `QmpEventMessage`.)
+ * An event map for untyped use: any name, data as a loosely typed object. (The default is
+ * `QmpEvents` from `@qmpkit/schema`; events without data get `{}`, see `QmpEventMessage`.)
  */
 export interface LooseEvents {
   [name: string]: Record<string, unknown>;
@@ -119,7 +120,7 @@ function describeNames(names: ReadonlySet<string> | undefined): string {
  * An event taken by a waiter is not buffered; one that no waiter matches is buffered
  * (bounded: the oldest is dropped first) so a later waiter or `drain()` still sees it.
  */
-export class QmpEventHub<E extends EventSpecs<E> = LooseEvents> {
+export class QmpEventHub<E extends EventSpecs<E> = QmpEvents> {
   readonly historySize: number;
 
   // Keyed by event name plus 'event'; the public overloads above give each name its type.

@@ -9,10 +9,10 @@ import {
   QmpTimeoutError,
   type QmpTranscriptEntry,
 } from '../src/index.js';
-import { FakeQmpServer, GREETING } from './support/fake-server.js';
+import { FakeQmpServer, GREETING, type LooseClient } from './support/fake-server.js';
 
 let server: FakeQmpServer;
-const clients: QmpClient[] = [];
+const clients: LooseClient[] = [];
 
 beforeEach(async () => {
   server = await FakeQmpServer.start();

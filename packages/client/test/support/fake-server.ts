@@ -2,7 +2,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QmpClient, type ConnectOptions } from '../../src/index.js';
+import { QmpClient, type ConnectOptions, type LooseCommands, type LooseEvents } from '../../src/index.js';
+
+/** The scripted server answers any command name, so its clients are untyped. */
+export type LooseClient = QmpClient<LooseCommands, LooseEvents>;
 
 export const GREETING = '{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "fake"}, "capabilities": ["oob"]}}\r\n';
 
@@ -113,9 +116,9 @@ export class FakeQmpServer {
   }
 
   /** Connects a client and completes the handshake on both sides. */
-  async connect(options: ConnectOptions = {}): Promise<{ client: QmpClient; connection: FakeConnection }> {
+  async connect(options: ConnectOptions = {}): Promise<{ client: LooseClient; connection: FakeConnection }> {
     const accepted = this.accept();
-    const clientPromise = QmpClient.connect(this.path, { connectTimeout: 5000, ...options });
+    const clientPromise = QmpClient.connect<LooseCommands, LooseEvents>(this.path, { connectTimeout: 5000, ...options });
     const connection = await accepted;
     await connection.handshake();
     const client = await clientPromise;

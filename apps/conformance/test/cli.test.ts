@@ -1,0 +1,246 @@
+import { spawn } from 'node:child_process';
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+
+import { findAll, parseXml } from './xml.js';
+
+// The CLI end to end against the installed QEMU: the whole suite, the reports, case selection,
+// failures with and without kept artifacts, the per-case timeout and an interrupt. Every run
+// gets a private TMPDIR, so "nothing left behind" is checked on a directory no one else uses.
+
+const cli = join(__dirname, '..', 'dist', 'cli.js');
+const ALL_IDS = [
+  'TestIncrementalBackup.test_incremental_simple',
+  'TestIncrementalBackup.test_small_granularity',
+  'TestIncrementalBackup.test_large_granularity',
+  'TestIncrementalBackup.test_larger_cluster_target',
+  'TestIncrementalBackup.test_incremental_transaction',
+  'TestIncrementalBackup.test_transaction_failure',
+  'TestIncrementalBackup.test_transaction_failure_race',
+  'TestIncrementalBackup.test_sync_dirty_bitmap_missing',
+  'TestIncrementalBackup.test_sync_dirty_bitmap_not_found',
+  'TestIncrementalBackup.test_sync_dirty_bitmap_bad_granularity',
+  'TestIncrementalBackup.test_growing_before_backup',
+  'TestIncrementalBackupBlkdebug.test_incremental_failure',
+  'TestIncrementalBackupBlkdebug.test_incremental_pause',
+];
+
+interface CliRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  lines: string[];
+}
+
+let root: string;
+let reports: string;
+
+beforeAll(async () => {
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: build the app first (pnpm --filter @qmpkit/conformance run build)`);
+  root = await mkdtemp(join(tmpdir(), 'qmpkit-conformance-test-'));
+  reports = await mkdtemp(join(tmpdir(), 'qmpkit-conformance-reports-'));
+});
+
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+  await rm(reports, { recursive: true, force: true });
+});
+
+afterEach(() => {
+  // Whatever a test did, no scratch directory and no QEMU may survive it.
+  const left = readdirSync(root);
+  for (const name of left) {
+    // Remove before failing so one test's leftovers do not fail the next.
+    rmSync(join(root, name), { recursive: true, force: true });
+  }
+  expect(left).toEqual([]);
+  expect(qemuProcessesUnder(root)).toEqual([]);
+});
+
+/** Pids of live processes whose command line mentions `dir` (QEMU's socket and images are there). */
+function qemuProcessesUnder(dir: string): number[] {
+  const found: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (cmdline.includes(dir) && /qemu/.test(cmdline)) found.push(Number(entry));
+  }
+  return found;
+}
+
+function startCli(args: readonly string[]): { child: ReturnType<typeof spawn>; done: Promise<CliRun> } {
+  const child = spawn(process.execPath, [cli, ...args], {
+    env: { ...process.env, TMPDIR: root },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+  child.stderr?.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+  const done = new Promise<CliRun>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr, lines: stdout.trimEnd().split('\n') }));
+  });
+  return { child, done };
+}
+
+const runCli = (args: readonly string[]): Promise<CliRun> => startCli(args).done;
+
+/** The id of each case line (`PASS id (N ms)`), in output order. */
+function caseLines(run: CliRun): Array<{ status: string; id: string }> {
+  return run.lines
+    .map((l) => /^(PASS|FAIL|SKIP) (\S+) \(\d+ ms\)$/.exec(l))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ status: m[1] as string, id: m[2] as string }));
+}
+
+describe('qmpkit-conformance', () => {
+  it('passes the whole suite and writes valid JSON and JUnit reports', async () => {
+    const json = join(reports, 'nested', 'report.json');
+    const junit = join(reports, 'report.xml');
+    const run = await runCli(['--json', json, '--junit', junit]);
+    expect(run.stderr).toBe('');
+    expect(run.lines[run.lines.length - 1]).toBe('13 passed, 0 failed');
+    expect(run.code).toBe(0);
+    const lines = caseLines(run);
+    expect(lines.map((l) => l.id).sort()).toEqual([...ALL_IDS].sort());
+    expect(lines.every((l) => l.status === 'PASS')).toBe(true);
+
+    const report = JSON.parse(readFileSync(json, 'utf8')) as Record<string, unknown>;
+    expect(Object.keys(report)).toEqual(['qemu', 'cases', 'summary']);
+    const qemu = report['qemu'] as Record<string, unknown>;
+    expect(Object.keys(qemu)).toEqual(['version', 'binaries']);
+    expect(qemu['version']).toMatch(/^\d+\.\d+\.\d+/);
+    expect(Object.keys(qemu['binaries'] as object).sort()).toEqual(['qemu-img', 'qemu-io', 'qemu-system']);
+    for (const path of Object.values(qemu['binaries'] as Record<string, string>)) expect(existsSync(path)).toBe(true);
+    const cases = report['cases'] as Array<Record<string, unknown>>;
+    expect(cases.map((c) => c['id'])).toEqual(ALL_IDS);
+    for (const c of cases) {
+      expect(Object.keys(c)).toEqual(['id', 'status', 'durationMs']);
+      expect(c['status']).toBe('passed');
+      expect(Number.isInteger(c['durationMs'])).toBe(true);
+      expect(c['durationMs'] as number).toBeGreaterThan(0);
+    }
+    const summary = report['summary'] as Record<string, number>;
+    expect(Object.keys(summary)).toEqual(['passed', 'failed', 'skipped', 'wallMs']);
+    expect(summary).toMatchObject({ passed: 13, failed: 0, skipped: 0 });
+    expect(summary['wallMs']).toBeGreaterThan(0);
+
+    const xml = parseXml(readFileSync(junit, 'utf8'));
+    expect(xml.name).toBe('testsuites');
+    expect(xml.attributes).toMatchObject({ tests: '13', failures: '0', errors: '0', skipped: '0' });
+    const testcases = findAll(xml, 'testcase');
+    expect(testcases.map((t) => `${t.attributes['classname']}.${t.attributes['name']}`)).toEqual(ALL_IDS);
+    expect(findAll(xml, 'failure')).toEqual([]);
+  }, 120_000);
+
+  it('--filter selects cases by substring or glob', async () => {
+    const bySubstring = await runCli(['--filter', 'sync_dirty_bitmap']);
+    expect(bySubstring.code).toBe(0);
+    expect(caseLines(bySubstring).map((l) => l.id).sort()).toEqual(ALL_IDS.filter((id) => id.includes('sync_dirty_bitmap')).sort());
+    expect(bySubstring.lines[bySubstring.lines.length - 1]).toBe('3 passed, 0 failed');
+
+    const byGlob = await runCli(['--filter', 'TestIncrementalBackupBlkdebug.*', '--filter', '*_race']);
+    expect(byGlob.code).toBe(0);
+    expect(caseLines(byGlob).map((l) => l.id).sort()).toEqual([
+      'TestIncrementalBackup.test_transaction_failure_race',
+      'TestIncrementalBackupBlkdebug.test_incremental_failure',
+      'TestIncrementalBackupBlkdebug.test_incremental_pause',
+    ]);
+
+    const none = await runCli(['--filter', 'no_such_case']);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toMatch(/no case matches --filter "no_such_case"/);
+  }, 120_000);
+
+  it('a broken qemu-img fails the cases (exit 1) and leaves nothing without --keep-artifacts', async () => {
+    const missing = join(root, 'no-such-dir', 'qemu-img');
+    const json = join(reports, 'failed.json');
+    const run = await runCli(['--filter', 'test_incremental_simple', '--filter', 'bad_granularity', '--qemu-img', missing, '--json', json]);
+    expect(run.code).toBe(1);
+    expect(run.lines[run.lines.length - 1]).toBe('0 passed, 2 failed');
+    expect(caseLines(run).map((l) => l.status)).toEqual(['FAIL', 'FAIL']);
+    // The reason names the binary that could not be run.
+    expect(run.stdout).toContain(missing);
+    expect(run.stdout).not.toContain('artifacts kept');
+    const report = JSON.parse(readFileSync(json, 'utf8')) as { cases: Array<Record<string, unknown>>; qemu: { binaries: Record<string, string> } };
+    expect(report.qemu.binaries['qemu-img']).toBe(missing);
+    for (const c of report.cases) {
+      expect(c['status']).toBe('failed');
+      expect(c['error']).toEqual(expect.stringContaining(missing));
+    }
+  }, 60_000);
+
+  it('--keep-artifacts keeps the images and QEMU log of a failed case and prints where', async () => {
+    // qemu-img that finds every comparison different: the case fails at its final check,
+    // after QEMU ran and every image was made.
+    const wrapper = join(reports, 'qemu-img-differs');
+    const realQemuImg = execOnPath('qemu-img');
+    writeFileSync(
+      wrapper,
+      `#!/bin/sh\nif [ "$1" = compare ]; then echo "Content mismatch at offset 0!"; exit 1; fi\nexec ${realQemuImg} "$@"\n`,
+    );
+    chmodSync(wrapper, 0o755);
+    const run = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper, '--keep-artifacts']);
+    expect(run.code).toBe(1);
+    expect(run.lines[run.lines.length - 1]).toBe('0 passed, 1 failed');
+    expect(run.stdout).toMatch(/image comparison drive0\.bitmap0\.inc0\.qcow2 against drive0\.bitmap0\.ref0\.qcow2: expected "identical", got "different"/);
+    const kept = /artifacts kept in (\S+)/.exec(run.stdout)?.[1];
+    expect(kept).toBeDefined();
+    expect(dirname(kept as string)).toBe(root);
+    const files = readdirSync(kept as string).sort();
+    expect(files).toEqual(
+      expect.arrayContaining([
+        'drive0.qcow2',
+        'drive0.full.backup.qcow2',
+        'drive0.bitmap0.inc0.qcow2',
+        'drive0.bitmap0.ref0.qcow2',
+        'drive0.bitmap0.inc2.qcow2',
+        'qemu.log',
+      ]),
+    );
+    // The QEMU process is gone even though its files are kept.
+    expect(qemuProcessesUnder(root)).toEqual([]);
+    await rm(kept as string, { recursive: true, force: true });
+  }, 60_000);
+
+  it('--timeout fails a case that runs too long and cleans up after it', async () => {
+    const run = await runCli(['--filter', 'test_transaction_failure', '--timeout', '0.05', '--jobs', '1']);
+    expect(run.code).toBe(1);
+    const lines = caseLines(run);
+    expect(lines.map((l) => l.status)).toEqual(['FAIL', 'FAIL']);
+    expect(run.stdout.match(/did not finish within 50 ms/g)).toHaveLength(2);
+  }, 60_000);
+
+  it('on SIGINT stops QEMU, removes every scratch directory and exits 130', async () => {
+    const { child, done } = startCli(['--jobs', '2']);
+    // Interrupt once a QEMU of this run is up, i.e. really mid-run.
+    const deadline = Date.now() + 30_000;
+    while (qemuProcessesUnder(root).length === 0) {
+      if (Date.now() > deadline) throw new Error('no QEMU started within 30 s');
+      // Nothing announces QEMU's start to a test, so look again shortly.
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    child.kill('SIGINT');
+    const run = await done;
+    expect(run.code).toBe(130);
+    expect(run.stderr).toMatch(/interrupted/);
+    expect(run.stdout).not.toMatch(/passed, \d+ failed/);
+  }, 60_000);
+});
+
+function execOnPath(name: string): string {
+  for (const dir of (process.env['PATH'] ?? '').split(':')) {
+    const candidate = join(dir, name);
+    if (dir && existsSync(candidate)) return candidate;
+  }
+  throw new Error(`${name} is not on PATH`);
+}
