@@ -4,17 +4,18 @@
 // One `qemu-system-x86_64 -machine none` with two QMP monitors: one for a minimal raw-socket
 // client written here (it writes command lines and counts reply lines, nothing more: the
 // fastest a Node client can possibly be), one for @qmpkit/client from packages/client/dist.
-// Each runs N `query-status` commands sequentially (awaiting each reply) and pipelined (all in
-// flight at once), alternating the two clients over several rounds so drift in machine load
-// hits both alike. Medians of commands/s are compared; the last line is
+// Each runs N `query-status` commands sequentially (awaiting each reply; the two clients take
+// turns every --slice commands) and pipelined (all N in flight at once), alternating the two
+// clients over several rounds so drift in machine load hits both alike. Medians of commands/s are compared; the last line is
 // `ratio sequential=X pipelined=Y` (client / raw). The Node process's CPU time per command
 // is printed too: it is what the client itself costs, and unlike wall time it barely moves
 // when other work competes for the machine.
 //
-// Usage: node bench/qmp.mjs [--commands 5000] [--rounds 5]
+// Usage: node bench/qmp.mjs [--commands 5000] [--rounds 6] [--slice 250]
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { Duplex } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -31,6 +32,7 @@ function option(name, fallback) {
 
 const COMMANDS = option('commands', 5000);
 const ROUNDS = option('rounds', 6);
+const SLICE = option('slice', 250);
 
 const { QmpClient } = await import(pathToFileURL(join(root, 'packages/client/dist/index.js')).href);
 
@@ -118,14 +120,74 @@ async function clientPipelined(qmp, n) {
   if (results.length !== n || results[n - 1].running !== true) throw new Error('unexpected replies');
 }
 
-/** Commands per second of wall time, and this process's CPU time per command in µs. */
+/** Wall time in seconds and this process's CPU time in µs. */
 async function timed(run) {
   const cpu = process.cpuUsage();
   const start = process.hrtime.bigint();
   await run();
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   const used = process.cpuUsage(cpu);
-  return { rate: COMMANDS / seconds, cpu: (used.user + used.system) / COMMANDS };
+  return { seconds, cpu: used.user + used.system };
+}
+
+/**
+ * The client's own cost, free of QEMU and of machine load: both clients against an
+ * in-memory peer that answers each command line on the next turn of the event loop,
+ * best of several runs (the minimum is the run least disturbed by other processes).
+ */
+async function inProcessOverhead(runs = 8, n = 5000) {
+  const reply = (id) => `{"return": {"status": "running", "singlestep": false, "running": true}, "id": ${id}}\r\n`;
+  const peer = () => {
+    let pending = '';
+    const stream = new Duplex({
+      read() {},
+      write(chunk, _encoding, callback) {
+        pending += chunk.toString();
+        let out = '';
+        let newline;
+        while ((newline = pending.indexOf('\n')) >= 0) {
+          const id = /"id":(\d+)/.exec(pending.slice(0, newline))?.[1] ?? 'null';
+          pending = pending.slice(newline + 1);
+          out += reply(id);
+        }
+        if (out) setImmediate(() => this.push(out));
+        callback();
+      },
+    });
+    setImmediate(() => stream.push('{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}\n'));
+    return stream;
+  };
+  const qmp = await QmpClient.connect(peer(), { connectTimeout: 5000 });
+  const raw = peer();
+  let seen = 0;
+  let wake;
+  raw.on('data', (chunk) => {
+    for (let at = chunk.indexOf('\n'); at !== -1; at = chunk.indexOf('\n', at + 1)) seen++;
+    if (wake) {
+      const resolve = wake;
+      wake = undefined;
+      resolve();
+    }
+  });
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  seen = 0;
+  let bestClient = Infinity;
+  let bestRaw = Infinity;
+  for (let run = 0; run < runs; run++) {
+    let start = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) await qmp.execute('query-status');
+    bestClient = Math.min(bestClient, Number(process.hrtime.bigint() - start) / n / 1000);
+    start = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) {
+      raw.write(`{"execute":"query-status","id":${i}}\n`);
+      const target = seen + 1;
+      while (seen < target) await new Promise((resolve) => { wake = resolve; });
+    }
+    bestRaw = Math.min(bestRaw, Number(process.hrtime.bigint() - start) / n / 1000);
+  }
+  await qmp.close({ timeout: 10 });
+  raw.destroy();
+  return { client: bestClient, raw: bestRaw };
 }
 
 const median = (values) => {
@@ -155,31 +217,48 @@ try {
   let nextRawId = 1;
   const runners = {
     raw: {
-      sequential: () => raw.sequential(COMMANDS, (nextRawId += COMMANDS)),
-      pipelined: () => raw.pipelined(COMMANDS, (nextRawId += COMMANDS)),
+      sequential: (n) => raw.sequential(n, (nextRawId += n)),
+      pipelined: (n) => raw.pipelined(n, (nextRawId += n)),
     },
     client: {
-      sequential: () => clientSequential(qmp, COMMANDS),
-      pipelined: () => clientPipelined(qmp, COMMANDS),
+      sequential: (n) => clientSequential(qmp, n),
+      pipelined: (n) => clientPipelined(qmp, n),
     },
   };
 
   // Warm-up: JIT and QEMU's allocator, not measured.
   for (const who of ['raw', 'client']) {
-    for (const mode of ['sequential', 'pipelined']) await runners[who][mode]();
+    for (const mode of ['sequential', 'pipelined']) await runners[who][mode](COMMANDS);
   }
 
-  console.log(`${COMMANDS} query-status per run, ${ROUNDS} rounds, QEMU ${qmp.version.qemu.major}.${qmp.version.qemu.minor}.${qmp.version.qemu.micro}`);
+  console.log(`${COMMANDS} query-status per client and mode, ${ROUNDS} rounds, QEMU ${qmp.version.qemu.major}.${qmp.version.qemu.minor}.${qmp.version.qemu.micro}`);
   for (let round = 0; round < ROUNDS; round++) {
-    const order = round % 2 === 0 ? ['raw', 'client'] : ['client', 'raw'];
     const line = [];
-    for (const mode of ['sequential', 'pipelined']) {
+    // Sequential: the clients take turns every SLICE commands, so a burst of load from
+    // elsewhere on the machine hits both about equally; each client's rate is its N commands
+    // over the sum of its slice times.
+    const spent = { raw: { seconds: 0, cpu: 0 }, client: { seconds: 0, cpu: 0 } };
+    const slices = Math.ceil(COMMANDS / SLICE);
+    for (let slice = 0; slice < slices; slice++) {
+      const count = Math.min(SLICE, COMMANDS - slice * SLICE);
+      const order = (round + slice) % 2 === 0 ? ['raw', 'client'] : ['client', 'raw'];
       for (const who of order) {
-        const { rate, cpu: perCommand } = await timed(runners[who][mode]);
-        results[who][mode].push(rate);
-        cpu[who][mode].push(perCommand);
-        line.push(`${who} ${mode} ${rate.toFixed(0)}/s`);
+        const { seconds, cpu: used } = await timed(() => runners[who].sequential(count));
+        spent[who].seconds += seconds;
+        spent[who].cpu += used;
       }
+    }
+    for (const who of ['raw', 'client']) {
+      results[who].sequential.push(COMMANDS / spent[who].seconds);
+      cpu[who].sequential.push(spent[who].cpu / COMMANDS);
+      line.push(`${who} sequential ${(COMMANDS / spent[who].seconds).toFixed(0)}/s`);
+    }
+    // Pipelined: all N in flight at once, clients alternating which goes first.
+    for (const who of round % 2 === 0 ? ['raw', 'client'] : ['client', 'raw']) {
+      const { seconds, cpu: used } = await timed(() => runners[who].pipelined(COMMANDS));
+      results[who].pipelined.push(COMMANDS / seconds);
+      cpu[who].pipelined.push(used / COMMANDS);
+      line.push(`${who} pipelined ${(COMMANDS / seconds).toFixed(0)}/s`);
     }
     console.log(`round ${round + 1}: ${line.join(', ')}`);
   }
@@ -194,6 +273,11 @@ try {
         `Node CPU per command: raw ${median(cpu.raw[mode]).toFixed(1)} µs, @qmpkit/client ${median(cpu.client[mode]).toFixed(1)} µs`,
     );
   }
+  const overhead = await inProcessOverhead();
+  console.log(
+    `client-side cost without QEMU (in-memory peer, best of 8): raw ${overhead.raw.toFixed(2)} µs/command, ` +
+      `@qmpkit/client ${overhead.client.toFixed(2)} µs/command (+${(overhead.client - overhead.raw).toFixed(2)} µs)`,
+  );
   console.log(`targets: sequential >= 0.95, pipelined >= 0.98`);
   console.log(`ratio sequential=${summary.sequential.toFixed(3)} pipelined=${summary.pipelined.toFixed(3)}`);
 } catch (error) {

@@ -34,7 +34,7 @@ export class ImageTemplates {
 
   /**
    * A 64 MiB qcow2 image with `writes` (qemu-io commands) applied, in `runDir`; built on
-   * first use, shared afterwards.
+   * first use (or when `prefetch`ed), shared afterwards.
    */
   get(name: string, writes: readonly string[], runDir: string, signal: AbortSignal): Promise<string> {
     const key = `${runDir}\0${name}`;
@@ -44,6 +44,12 @@ export class ImageTemplates {
       this.#built.set(key, built);
     }
     return built;
+  }
+
+  /** Start building a template before any case asks for it. */
+  prefetch(name: string, writes: readonly string[], runDir: string, signal: AbortSignal): void {
+    // A failure is reported to the cases that use the template, not here.
+    this.get(name, writes, runDir, signal).catch(() => undefined);
   }
 
   async #build(file: string, writes: readonly string[], signal: AbortSignal): Promise<string> {
@@ -145,6 +151,11 @@ export class CaseContext {
       const pkg = version.package.trim();
       this.#onVersion(`${major}.${minor}.${micro}${pkg ? ` (${pkg})` : ''}`);
     }
+  }
+
+  /** Run `fn` after the case body, also when it failed (last registered runs first). */
+  defer(fn: () => Promise<void> | void): void {
+    this.#scope.onTeardown(fn);
   }
 
   /** End the case as skipped: the QEMU under test lacks something the case needs. */

@@ -53,6 +53,8 @@ export interface RunCasesOptions<C> {
   signal?: AbortSignal;
   onCaseStart?: (id: string) => void;
   onCaseEnd?: (result: CaseResult) => void;
+  /** Called once the run directory exists, before the first case: start shared preparation. */
+  onRunStart?: (runDir: string, signal: AbortSignal) => void;
 }
 
 export interface RunCasesResult {
@@ -117,12 +119,21 @@ export class LiveResources {
 /** Every live run of this process; the CLI's last-resort interrupt path releases them. */
 export const liveRuns = new Set<LiveResources>();
 
+/** The error's own line, then its causes (a launch failure's cause says why QMP did not connect). */
 function messageOf(error: unknown): string {
-  if (error instanceof Error) {
-    const name = error.name && error.name !== 'Error' ? `${error.name}: ` : '';
-    return `${name}${error.message}`;
+  const parts: string[] = [];
+  let current: unknown = error;
+  for (let depth = 0; current !== undefined && current !== null && depth < 4; depth++) {
+    if (current instanceof Error) {
+      const name = current.name && current.name !== 'Error' ? `${current.name}: ` : '';
+      parts.push(`${depth === 0 ? '' : 'caused by '}${name}${current.message}`);
+      current = current.cause;
+    } else {
+      parts.push(`${depth === 0 ? '' : 'caused by '}${String(current)}`);
+      break;
+    }
   }
-  return String(error);
+  return parts.join('\n');
 }
 
 async function settleWithin<T>(promise: Promise<T>, ms: number): Promise<void> {
@@ -155,6 +166,7 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
   liveRuns.add(live);
   const runDir = await mkdtemp(join(tmpdir(), `${SCRATCH_PREFIX}run-`));
   live.addDir(runDir);
+  options.onRunStart?.(runDir, runController.signal);
 
   const results = new Map<string, CaseResult>();
   const queue = [...options.cases].sort((a, b) => (b.weight ?? 1) - (a.weight ?? 1));
@@ -219,8 +231,12 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
       } else {
         status = 'failed';
         const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
-        error = CaseTimeoutError.isInstance(reason) ? `${reason.message}; last error: ${messageOf(caught)}` : messageOf(caught);
         if (CaseTimeoutError.isInstance(caught)) error = caught.message;
+        else if (CaseTimeoutError.isInstance(reason)) {
+          // What the case was doing when it was stopped; its cause (the timeout) is said already.
+          const own = caught instanceof Error ? `${caught.name}: ${caught.message}` : String(caught);
+          error = `${reason.message}\nstopped during: ${own.split('\n', 1)[0] ?? own}`;
+        } else error = messageOf(caught);
       }
     } finally {
       if (timer !== undefined) clearTimeout(timer);

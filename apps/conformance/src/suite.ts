@@ -5,6 +5,7 @@ import { QemuImg, QemuIo } from '@qmpkit/image-tools';
 
 import { blkdebugCases } from './cases/blkdebug.js';
 import { incrementalBackupCases } from './cases/incremental-backup.js';
+import { imageTemplates } from './cases/scenario.js';
 import { CaseContext, ImageTemplates, type SuiteTools } from './context.js';
 import type { BinaryOptions } from './options.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
@@ -96,6 +97,13 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
       new CaseContext(scope, tools, templates, (v) => {
         version ??= v;
       }),
+    // Every case starts from drive0; the transaction cases also from drive1. Built while the
+    // first machines start, so no case waits for both.
+    onRunStart: (runDir, signal) => {
+      for (const template of imageTemplates(selected.map((c) => c.id))) {
+        templates.prefetch(template.name, template.writes, runDir, signal);
+      }
+    },
     jobs: options.jobs ?? 1,
     timeoutMs: options.timeoutMs ?? 60_000,
     keepArtifacts: options.keepArtifacts ?? false,

@@ -95,17 +95,40 @@ export interface ResolvedNode {
 }
 
 /**
+ * Filter drivers QEMU inserts above a device's node; a backup job puts 'copy-before-write'
+ * there while it runs, and `query-block` then describes the filter, not the drive's node.
+ */
+const FILTER_DRIVERS = new Set(['copy-before-write', 'backup-top', 'throttle', 'compress', 'preallocate']);
+
+/**
  * Find a node by device name (a drive id from -drive) or node-name. Nodes added with
- * blockdev-add and not attached to a device are not in `query-block`, hence the second query.
+ * blockdev-add and not attached to a device are not in `query-block`, hence the second query;
+ * a device whose root is a filter (a backup job is running) resolves to the node under it.
  */
 export async function resolveNode(qmp: BackupQmp, node: string, options: CallOptions = {}): Promise<ResolvedNode> {
   const blocks = await execute<BlockInfo[]>(qmp, 'query-block', undefined, options);
+  let filtered: BlockInfo | undefined;
   for (const block of blocks) {
-    if (block.inserted && (block.device === node || block.inserted['node-name'] === node)) {
-      return { device: block.device || undefined, nodeName: block.inserted['node-name'], info: block.inserted };
+    const inserted = block.inserted;
+    if (!inserted || (block.device !== node && inserted['node-name'] !== node)) continue;
+    if (block.device === node && FILTER_DRIVERS.has(inserted.drv)) {
+      filtered = block;
+      break;
     }
+    return { device: block.device || undefined, nodeName: inserted['node-name'], info: inserted };
   }
   const nodes = await execute<BlockDeviceInfo[]>(qmp, 'query-named-block-nodes', { flat: true }, options);
+  if (filtered?.inserted) {
+    const top = filtered.inserted;
+    const below = top.image?.['backing-image'];
+    const match = nodes.find(
+      (n) =>
+        !FILTER_DRIVERS.has(n.drv) &&
+        n.file === top.file &&
+        (below === undefined ? n.drv !== 'file' : n.drv === below.format),
+    );
+    if (match) return { device: filtered.device, nodeName: match['node-name'], info: match };
+  }
   const found = nodes.find((n) => n['node-name'] === node);
   if (!found) throw new NodeNotFoundError(node);
   return { device: undefined, nodeName: found['node-name'], info: found };

@@ -12,7 +12,8 @@ import {
   TargetExistsError,
 } from './errors.js';
 import type { ChainBrokenReason } from './errors.js';
-import type { BackupJob, JobProgress, JobResult } from './job.js';
+import type { BackupJob, BackupJobOptions, JobProgress, JobResult } from './job.js';
+import type { DriveBackup } from './qapi.js';
 import {
   MANIFEST_FILE,
   lastBase,
@@ -22,6 +23,8 @@ import {
   writeManifest,
 } from './manifest.js';
 import type { BackupKind, Manifest, ManifestBackup, ManifestDrive } from './manifest.js';
+import { canCreateInProcess, createQcow2 } from './qcow2.js';
+import type { Qcow2CreateOptions } from './qcow2.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import { Transaction } from './transaction.js';
 import { restoreChain, verifyChain } from './verify.js';
@@ -185,11 +188,14 @@ abstract class BackupChainBase {
         fail('no-full-backup', 'the chain has no full backup yet');
         continue;
       }
-      if (!(await exists(resolveBackupFile(this.manifestPath, base.file)))) {
+      const [baseExists, resolved] = await Promise.all([
+        exists(resolveBackupFile(this.manifestPath, base.file)),
+        resolveNode(this.#qmp, d.node, options),
+      ]);
+      if (!baseExists) {
         fail('last-backup-missing', `its last backup ${base.file} is missing`);
         continue;
       }
-      const resolved = await resolveNode(this.#qmp, d.node, options);
       const driveSize = resolved.info.image?.['virtual-size'];
       const info = (resolved.info['dirty-bitmaps'] ?? []).find((b) => b.name === bitmapName);
       if (!info) {
@@ -221,6 +227,12 @@ abstract class BackupChainBase {
         fail('size-mismatch', 'the drive reports no size', extra);
       } else if (driveSize < drive.driveSize || (driveSize > drive.driveSize && options.allowGrowth === false)) {
         fail('size-mismatch', `the drive is ${driveSize} bytes, the chain expects ${drive.driveSize}`, extra);
+      } else if (manifest.pending) {
+        fail(
+          'interrupted',
+          `the ${manifest.pending.kind} backup run ${manifest.pending.run} (started ${manifest.pending.started}) never recorded its outcome, so the bitmap may have been reset without a backup`,
+          extra,
+        );
       } else {
         checks.push({ node: d.node, ok: true, ...extra });
       }
@@ -284,10 +296,10 @@ abstract class BackupChainBase {
           tx.bitmapAdd(add);
         }
         bitmapsTouched.push({ node: d.node, name });
-        await this.#qemuImg.create(target, { format: 'qcow2', size, ...this.#callOptions(options) });
+        await this.#createTarget(target, { size }, options);
         created.push(target);
         tx.driveBackup(
-          { ...this.#backupArgs(d.node, target, 'full', options), sync: 'full' },
+          { ...this.#backupArgs(d.node, target, 'full', run, options), sync: 'full' },
           this.#jobOptions(d.node, options),
         );
       }
@@ -295,11 +307,18 @@ abstract class BackupChainBase {
       await Promise.all(created.map((f) => rm(f, { force: true })));
       throw error;
     }
-    const results = await this.#runTransaction(tx, options, created);
+    // An existing chain is about to lose its bitmaps' state: mark it until the outcome is known.
+    const previous = this.#manifest;
+    if (previous) await this.#markPending(previous, { run, kind: 'full', created });
+    const results = await this.#runTransaction(tx, options, created, previous);
     // The job that failed explains the run better than the ones cancelled because of it.
     const failed = results.find((r) => r.status === 'failed') ?? results.find((r) => r.status !== 'completed');
     if (failed) {
       await Promise.all(created.map((f) => rm(f, { force: true })));
+      if (previous) {
+        await writeManifest(this.manifestPath, previous);
+        this.#manifest = previous;
+      }
       // The bitmaps were reset for a chain that does not exist: drop them so that no
       // incremental of the previous chain can follow this reset.
       for (const b of bitmapsTouched) await removeBitmap(this.#qmp, b.node, b.name).catch(() => undefined);
@@ -365,48 +384,55 @@ abstract class BackupChainBase {
     const tx = new Transaction();
     if (this.#drives.length > 1) tx.completionMode('grouped');
     const prepared: PreparedDrive[] = [];
-    const created: string[] = [];
-    try {
-      for (const [i, d] of this.#drives.entries()) {
-        const drive = manifest.drives.find((m) => m.node === d.node) as ManifestDrive;
-        const base = lastBase(drive) as ManifestBackup;
-        const seq = String(drive.backups.length).padStart(3, '0');
-        const suffix = kind === 'incremental' ? 'inc' : 'diff';
-        const target = join(this.dir, `${sanitize(d.node)}.${manifest.chainId.slice(0, 8)}.${seq}.${suffix}.qcow2`);
-        await this.#claimTarget(target, options.overwrite === true);
-        const size = checks[i]?.driveSize ?? drive.driveSize;
-        const parentFile = basename(base.file) === base.file ? base.file : resolveBackupFile(this.manifestPath, base.file);
-        // The backing file is named relative to the target (same directory), so the chain can be moved as a whole.
-        await this.#qemuImg.create(target, {
-          format: 'qcow2',
-          size,
-          backingFile: parentFile,
-          backingFormat: 'qcow2',
-          unsafe: true,
-          ...this.#callOptions(options),
-        });
-        created.push(target);
-        prepared.push({ options: d, drive, target, parent: base.file, currentSize: size });
-        const args = this.#backupArgs(d.node, target, kind === 'incremental' ? 'incremental' : 'bitmap', options);
-        args.bitmap = drive.bitmap;
-        if (kind === 'differential') args['bitmap-mode'] = 'never';
-        tx.driveBackup(args, this.#jobOptions(d.node, options));
-      }
-    } catch (error) {
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      throw error;
+    for (const [i, d] of this.#drives.entries()) {
+      const drive = manifest.drives.find((m) => m.node === d.node) as ManifestDrive;
+      const base = lastBase(drive) as ManifestBackup;
+      const seq = String(drive.backups.length).padStart(3, '0');
+      const suffix = kind === 'incremental' ? 'inc' : 'diff';
+      const target = join(this.dir, `${sanitize(d.node)}.${manifest.chainId.slice(0, 8)}.${seq}.${suffix}.qcow2`);
+      const size = checks[i]?.driveSize ?? drive.driveSize;
+      prepared.push({ options: d, drive, target, parent: base.file, currentSize: size });
+      const args = this.#backupArgs(d.node, target, kind === 'incremental' ? 'incremental' : 'bitmap', run, options);
+      args.bitmap = drive.bitmap;
+      if (kind === 'differential') args['bitmap-mode'] = 'never';
+      tx.driveBackup(args, this.#jobOptions(d.node, options));
     }
-    const results = await this.#runTransaction(tx, options, created);
+    const created: string[] = [];
+    // Targets and the pending mark are written side by side: both must be in place before
+    // the transaction, neither depends on the other.
+    const creations = prepared.map(async (p) => {
+      const parentFile = basename(p.parent ?? '') === p.parent ? p.parent : resolveBackupFile(this.manifestPath, p.parent ?? '');
+      // The backing file is named relative to the target (same directory), so the chain can be moved as a whole.
+      await this.#createTarget(p.target, { size: p.currentSize, backingFile: parentFile, backingFormat: 'qcow2' }, options, {
+        overwrite: options.overwrite === true,
+      });
+      created.push(p.target);
+    });
+    const marking = this.#markPending(manifest, { run, kind, created: prepared.map((p) => p.target) });
+    const outcomes = await Promise.allSettled([marking, ...creations]);
+    const setupFailure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (setupFailure) {
+      await Promise.all(created.map((f) => rm(f, { force: true })));
+      if (outcomes[0]?.status === 'fulfilled') {
+        await writeManifest(this.manifestPath, manifest);
+        this.#manifest = manifest;
+      }
+      throw setupFailure.reason;
+    }
+    const results = await this.#runTransaction(tx, options, created, manifest);
     // The job that failed explains the run better than the ones cancelled because of it.
     const failed = results.find((r) => r.status === 'failed') ?? results.find((r) => r.status !== 'completed');
     if (failed) {
-      // QEMU merged the bitmaps back (failed or cancelled job), the manifest is untouched:
-      // only the targets go, and the next incremental covers everything since the last good one.
+      // QEMU merged the bitmaps back (failed or cancelled job): the manifest goes back to what
+      // it was, the targets go, and the next incremental covers everything since the last good one.
       await Promise.all(created.map((f) => rm(f, { force: true })));
+      await writeManifest(this.manifestPath, manifest);
+      this.#manifest = manifest;
       throw this.#failure(failed, results);
     }
     const time = new Date().toISOString();
     const next: Manifest = structuredClone(manifest);
+    delete next.pending;
     const backups: ManifestBackup[] = [];
     prepared.forEach((p, i) => {
       const drive = next.drives.find((m) => m.node === p.options.node) as ManifestDrive;
@@ -431,27 +457,81 @@ abstract class BackupChainBase {
     return restoreChain(this.manifestPath, output, { qemuImg: this.#qemuImg, ...options });
   }
 
+  /**
+   * Record the run as pending before its jobs start: if this process loses track of them
+   * (or dies), the chain is refused instead of continued from a bitmap QEMU may have reset.
+   */
+  async #markPending(manifest: Manifest, p: { run: string; kind: BackupKind; created: string[] }): Promise<void> {
+    const marked: Manifest = {
+      ...manifest,
+      pending: { run: p.run, kind: p.kind, started: new Date().toISOString(), targets: p.created.map((f) => basename(f)) },
+    };
+    await writeManifest(this.manifestPath, marked);
+    this.#manifest = marked;
+  }
+
+  /**
+   * Create an empty qcow2 target. The file is created exclusively, so an existing one is
+   * found without a separate look-up: `TargetExistsError`, or replaced with `overwrite`.
+   */
+  async #createTarget(
+    target: string,
+    image: Qcow2CreateOptions,
+    options: CallOptions,
+    how: { overwrite: boolean } = { overwrite: false },
+  ): Promise<void> {
+    if (canCreateInProcess(image)) {
+      try {
+        await createQcow2(target, image);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+        if (!how.overwrite) throw new TargetExistsError(target);
+        await rm(target, { force: true });
+        await createQcow2(target, image);
+      }
+      return;
+    }
+    await this.#claimTarget(target, how.overwrite);
+    const create: Parameters<QemuImg['create']>[1] = { format: 'qcow2', size: image.size, ...this.#callOptions(options) };
+    if (image.backingFile !== undefined) {
+      create.backingFile = image.backingFile;
+      create.backingFormat = image.backingFormat ?? 'qcow2';
+      create.unsafe = true;
+    }
+    await this.#qemuImg.create(target, create);
+  }
+
   async #claimTarget(target: string, overwrite: boolean): Promise<void> {
     if (!(await exists(target))) return;
     if (!overwrite) throw new TargetExistsError(target);
     await rm(target, { force: true });
   }
 
-  async #runTransaction(tx: Transaction, options: ChainBackupOptions, created: string[]): Promise<JobResult[]> {
+  async #runTransaction(
+    tx: Transaction,
+    options: ChainBackupOptions,
+    created: string[],
+    before: Manifest | undefined,
+  ): Promise<JobResult[]> {
     let started;
     try {
       started = await tx.run(this.#qmp, this.#callOptions(options));
     } catch (error) {
+      // QEMU refused the transaction: nothing ran, so nothing is pending.
       await Promise.all(created.map((f) => rm(f, { force: true })));
+      if (before) {
+        await writeManifest(this.manifestPath, before);
+        this.#manifest = before;
+      }
       throw error;
     }
     started.jobs.forEach((job) => options.onJob?.(job, job.device));
     try {
       return await started.results();
     } catch (error) {
-      // Tracking failed (timeout, abort, QEMU gone): the outcome is unknown. Cancel what may
-      // still run so its bitmap is merged back, and record nothing.
-      await Promise.all(started.jobs.map((j) => j.cancel().catch(() => undefined)));
+      // Tracking failed (timeout, abort, QEMU gone): the outcome is unknown, the run stays
+      // pending in the manifest. Cancel what may still run so its bitmap is merged back.
+      await Promise.all(started.jobs.map((j) => j.abandon()));
       await Promise.all(created.map((f) => rm(f, { force: true })));
       throw error;
     }
@@ -482,10 +562,13 @@ abstract class BackupChainBase {
     node: string,
     target: string,
     sync: 'full' | 'incremental' | 'bitmap',
+    run: string,
     options: ChainBackupOptions,
-  ): import('./qapi.js').DriveBackup {
-    const args: import('./qapi.js').DriveBackup = {
-      'job-id': `qmpkit-backup-${sanitize(node)}`,
+  ): DriveBackup {
+    const args: DriveBackup = {
+      // One id per run: events of an earlier job of this drive that nobody took (its tracking
+      // was abandoned) can never be mistaken for this one's.
+      'job-id': `qmpkit-${sanitize(node)}-${run.slice(0, 8)}`,
       device: node,
       sync,
       target,
@@ -496,8 +579,8 @@ abstract class BackupChainBase {
     return args;
   }
 
-  #jobOptions(node: string, options: ChainBackupOptions): import('./job.js').BackupJobOptions {
-    const jobOptions: import('./job.js').BackupJobOptions = {};
+  #jobOptions(node: string, options: ChainBackupOptions): BackupJobOptions {
+    const jobOptions: BackupJobOptions = {};
     const onProgress = options.onProgress;
     if (onProgress) jobOptions.onProgress = (p) => onProgress({ ...p, node });
     if (options.progressInterval !== undefined) jobOptions.progressInterval = options.progressInterval;

@@ -176,7 +176,8 @@ export type ChainBrokenReason =
   | 'bitmap-disabled'
   | 'granularity-mismatch'
   | 'size-mismatch'
-  | 'last-backup-missing';
+  | 'last-backup-missing'
+  | 'interrupted';
 
 /** Same class under the name the issue uses; `ChainBrokenError.isInstance` is the same check. */
 export const ChainBrokenError = NewFullBackupRequiredError;

@@ -334,12 +334,17 @@ export class BackupJob {
       () => undefined,
       () => undefined,
     );
+    let listed = false;
     while (!this.#done) {
       options.signal?.throwIfAborted();
       const info = await this.query(options.signal ? { signal: options.signal } : {});
-      // Not listed yet (the poll raced the command that creates the job): try again.
-      if (!info && this.#status !== 'undefined') return;
-      if (info) yield { id: this.id, status: info.status, current: info['current-progress'], total: info['total-progress'] };
+      if (info) {
+        listed = true;
+        yield { id: this.id, status: info.status, current: info['current-progress'], total: info['total-progress'] };
+      } else if (listed) {
+        return;
+      }
+      // Not listed yet: the first poll can overtake the command that creates the job.
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([ended, new Promise<void>((r) => (timer = setTimeout(r, interval)))]);
       clearTimeout(timer);
@@ -351,6 +356,28 @@ export class BackupJob {
       for await (const p of this.progress({ interval })) onProgress(p);
     } catch {
       // Progress is advisory: a failed poll (e.g. the connection closing) must not fail the job.
+    }
+  }
+
+  /**
+   * After tracking failed (timeout, abort): cancel the job if it still runs and take its
+   * remaining events out of the client's buffer, waiting at most `timeout` ms (default 5000)
+   * for its final JOB_STATUS_CHANGE. Never throws.
+   */
+  async abandon(options: { timeout?: number } = {}): Promise<void> {
+    if (!this.#done) this.#tracking.abort(new Error('abandoned'));
+    await this.result.catch(() => undefined);
+    if (this.#status === 'null') return;
+    await this.cancel({ timeout: 2000 }).catch(() => undefined);
+    const deadline = AbortSignal.timeout(options.timeout ?? 5000);
+    for (;;) {
+      try {
+        const ev = await waitEvent(this.#qmp, JOB_EVENTS, (e) => isJobEvent(e, this.id), { signal: deadline });
+        this.events.push(ev);
+        if (ev.event === 'JOB_STATUS_CHANGE' && record(ev.data)['status'] === 'null') return;
+      } catch {
+        return;
+      }
     }
   }
 

@@ -40,6 +40,19 @@ export interface ManifestDrive {
   backups: ManifestBackup[];
 }
 
+/**
+ * A run that was started and whose outcome was never recorded (the helper lost track of its
+ * jobs, or its process died). QEMU may have reset the bitmaps for it, so the chain cannot be
+ * continued until a new full backup: `check()` reports 'interrupted'.
+ */
+export interface PendingRun {
+  run: string;
+  kind: BackupKind;
+  started: string;
+  /** Target files of the run (they may be left on disk). */
+  targets: string[];
+}
+
 export interface Manifest {
   format: 'qmpkit-backup-chain';
   version: 1;
@@ -47,6 +60,7 @@ export interface Manifest {
   created: string;
   updated: string;
   drives: ManifestDrive[];
+  pending?: PendingRun;
 }
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -87,6 +101,8 @@ function validate(path: string, value: unknown): Manifest {
     });
     return undefined;
   });
+  const pending = value['pending'];
+  if (pending !== undefined && (!isObject(pending) || typeof pending['run'] !== 'string')) fail('pending is malformed');
   return value as unknown as Manifest;
 }
 
@@ -109,26 +125,27 @@ export async function readManifest(path: string): Promise<Manifest | undefined> 
 }
 
 /**
- * Replace the manifest atomically: write a temporary file beside it, flush it, rename it over
- * the old one. A crash leaves either the old or the new manifest, never a torn one.
+ * Replace the manifest atomically: write a temporary file beside it, rename it over the old
+ * one, so a reader sees the old or the new manifest, never a torn one.
+ *
+ * No fsync: a power loss could bring back the previous manifest, but QEMU on the same host
+ * goes down with it, and the bitmaps it then reports (missing, or inconsistent) refuse the
+ * chain anyway; a manifest that names a run in `pending` is refused too. Skipping the flush
+ * keeps the write well under a millisecond.
  */
 export async function writeManifest(path: string, manifest: Manifest): Promise<void> {
   const temp = `${path}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
-  const handle = await open(temp, 'wx');
   try {
-    await handle.writeFile(`${JSON.stringify(manifest, null, 2)}\n`, 'utf8');
-    await handle.sync();
-  } catch (error) {
-    await handle.close();
-    await rm(temp, { force: true });
-    throw new ManifestError(path, 'could not be written', { cause: error });
-  }
-  await handle.close();
-  try {
+    const handle = await open(temp, 'wx');
+    try {
+      await handle.writeFile(`${JSON.stringify(manifest, null, 2)}\n`, 'utf8');
+    } finally {
+      await handle.close();
+    }
     await rename(temp, path);
   } catch (error) {
     await rm(temp, { force: true });
-    throw new ManifestError(path, 'could not be replaced', { cause: error });
+    throw new ManifestError(path, 'could not be written', { cause: error });
   }
 }
 

@@ -5,6 +5,7 @@ import {
   BackupChain,
   BackupJobError,
   ChainBrokenError,
+  JobTrackingError,
   NewFullBackupRequiredError,
   TargetExistsError,
   VerifyError,
@@ -14,7 +15,7 @@ import {
   removeBitmap,
   startDriveBackup,
 } from '../src/index.js';
-import type { BackupQmp, ChainBrokenReason } from '../src/index.js';
+import type { BackupQmp, ChainBrokenReason, Manifest } from '../src/index.js';
 import { DRIVE0_PATTERN, Scratch, WRITES_A, WRITES_B, addBlkdebugNode, hmpWrites, qmpOf } from './helpers.js';
 
 async function reference(qmp: BackupQmp, device: string, target: string): Promise<void> {
@@ -144,6 +145,32 @@ describe('BackupChain against QEMU', () => {
     expect((await chain.verify({ sources: { drive0 } })).ok).toBe(true);
   });
 
+  it('refuses to continue a chain whose last run lost track of its job', async () => {
+    const chain = await BackupChain.open({ qmp, dir: scratch.path('backups'), node: 'drive0' });
+    await chain.full();
+    await hmpWrites(vm, 'drive0', [[0x5a, '4M', '4M']]);
+    const controller = new AbortController();
+    const outcome = await chain
+      .incremental({
+        speed: 512 * 1024,
+        signal: controller.signal,
+        onJob: (job) => void job.waitForStatus('running').then(() => controller.abort()),
+      })
+      .catch((e: unknown) => e);
+    expect(JobTrackingError.isInstance(outcome)).toBe(true);
+    expect(chain.manifest?.pending?.kind).toBe('incremental');
+    // The abandoned job was cancelled and its events taken: none is left for others to trip on.
+    expect(await vm.qmp.execute('query-jobs')).toEqual([]);
+    expect(vm.qmp.events.drain(['JOB_STATUS_CHANGE', 'BLOCK_JOB_CANCELLED', 'BLOCK_JOB_COMPLETED'])).toEqual([]);
+    const checks = await chain.check();
+    expect(checks[0]).toMatchObject({ ok: false, reason: 'interrupted' });
+    expect(await brokenReason(chain.incremental())).toBe('interrupted');
+    const fresh = await chain.incremental({ fullIfBroken: true });
+    expect(fresh.kind).toBe('full');
+    expect(chain.manifest?.pending).toBeUndefined();
+    expect((await chain.check())[0]?.ok).toBe(true);
+  });
+
   it('covers writes past the old end of a drive that grew', async () => {
     const chain = await BackupChain.open({ qmp, dir: scratch.path('backups'), node: 'drive0' });
     await chain.full();
@@ -229,7 +256,11 @@ describe('BackupChain failures', () => {
         (e: unknown) => e,
       );
     expect(outcome).toBeInstanceOf(Error);
-    expect(await readFile(chain.manifestPath, 'utf8')).toBe(before);
+    // The recorded backups are untouched; the run that lost its QEMU is marked as pending.
+    const after = JSON.parse(await readFile(chain.manifestPath, 'utf8')) as Manifest;
+    const { pending, ...rest } = after;
+    expect(rest).toEqual(JSON.parse(before));
+    expect(pending).toMatchObject({ kind: 'incremental', targets: [expect.stringMatching(/\.001\.inc\.qcow2$/)] });
     expect((await readdir(dir)).sort()).toEqual(filesBefore);
 
     vm = await scratch.launch(drives);

@@ -125,6 +125,36 @@ describe('backup jobs against QEMU', () => {
     expect(progress.every((p) => p.total === 67108864)).toBe(true);
   });
 
+  it('reads the bitmap through the device name while a job holds it, and a cancelled job keeps it', async () => {
+    await addBitmap(qmp, { node: 'node0', name: 'held' });
+    try {
+      await hmpWrites(vm, 'drive0', [[0x5a, '4M', '4M']]);
+      const target = scratch.path('held.qcow2');
+      await qemuImg.create(target, { format: 'qcow2', size: '64M' });
+      const job = await startDriveBackup(qmp, {
+        device: 'drive0',
+        sync: 'incremental',
+        bitmap: 'held',
+        target,
+        format: 'qcow2',
+        mode: 'existing',
+        speed: 512 * 1024,
+      });
+      await job.waitForStatus('running', { timeout: 10_000 });
+      await job.pause();
+      await job.waitForStatus('paused', { timeout: 10_000 });
+      // The device's root is now the job's copy-before-write filter; the bitmap is on node0 below it.
+      for (const name of ['drive0', 'node0']) {
+        expect(await getBitmap(qmp, name, 'held')).toMatchObject({ busy: true, recording: true, count: 4194304 });
+      }
+      await job.cancel();
+      expect((await job.result).status).toBe('cancelled');
+      expect(await getBitmap(qmp, 'drive0', 'held')).toMatchObject({ busy: false, count: 4194304 });
+    } finally {
+      await removeBitmap(qmp, 'node0', 'held');
+    }
+  });
+
   it('waits in pending with auto-finalize off, and dismisses a concluded job with auto-dismiss off', async () => {
     const job = await startDriveBackup(qmp, {
       device: 'drive0',

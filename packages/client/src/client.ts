@@ -266,6 +266,7 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
   #greetingWaiter: { resolve: (g: QmpGreeting) => void; reject: (e: unknown) => void } | undefined;
   #oob = false;
   #outbox = '';
+  #batching = false;
   readonly #closed: Promise<QmpConnectionError | undefined>;
   #resolveClosed!: (error: QmpConnectionError | undefined) => void;
 
@@ -489,20 +490,23 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
   }
 
   /**
-   * Commands issued in the same tick go out in one write: a burst of pipelined commands
-   * costs one string join and one syscall instead of a write request each. A lone
-   * sequential command waits only for the end of the current tick.
+   * The first command of a tick is written at once, so a caller awaiting each reply adds
+   * no latency; commands issued later in the same tick are joined and go out in one write
+   * at the end of it, so a burst of pipelined commands costs one syscall, not one each.
    */
   #write(line: string): void {
-    if (this.#outbox === '') {
-      this.#outbox = line;
-      process.nextTick(this.#flush);
-    } else {
+    if (this.#batching) {
       this.#outbox += line;
+      return;
     }
+    const stream = this.#stream;
+    if (!stream.destroyed && !stream.writableEnded) stream.write(line);
+    this.#batching = true;
+    process.nextTick(this.#flush);
   }
 
   readonly #flush = (): void => {
+    this.#batching = false;
     const text = this.#outbox;
     if (text === '') return;
     this.#outbox = '';

@@ -54,11 +54,6 @@ export interface StreamOptions {
   signal?: AbortSignal;
 }
 
-/** Listener signatures of the hub: every event on `'event'`, and each event under its name. */
-export type QmpEventListeners<E> = { event: (event: QmpEventMessage<E>) => void } & {
-  [K in keyof E & string]: (event: QmpEventMessage<E, K>) => void;
-};
-
 /** @internal Connection-side handle; not exported from the package. */
 export const kDispatch: unique symbol = Symbol('qmpkit.client.dispatch');
 /** @internal */

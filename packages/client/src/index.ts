@@ -18,7 +18,6 @@ export type {
   EventMatch,
   EventSpecs,
   LooseEvents,
-  QmpEventListeners,
   QmpEventMessage,
   StreamOptions,
   WaitOptions,

@@ -7,6 +7,8 @@ import {
   QmpNegotiationError,
   QmpProtocolError,
   QmpTimeoutError,
+  type LooseCommands,
+  type LooseEvents,
   type QmpTranscriptEntry,
 } from '../src/index.js';
 import { FakeQmpServer, GREETING, type LooseClient } from './support/fake-server.js';
@@ -288,6 +290,46 @@ describe('connecting', () => {
       await new Promise<void>((resolve) => listener.close(() => resolve()));
       await rm(dirname(path), { recursive: true, force: true });
     }
+  });
+
+  test('TCP: { host, port }', async () => {
+    const { createServer } = await import('node:net');
+    const listener = createServer((socket) => {
+      socket.write(GREETING);
+      socket.on('data', (data) => {
+        for (const line of data.toString().split('\n').filter(Boolean)) {
+          const { id, execute } = JSON.parse(line) as { id: number; execute: string };
+          socket.write(`${JSON.stringify({ return: execute === 'qmp_capabilities' ? {} : { over: 'tcp' }, id })}\n`);
+        }
+      });
+    });
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    try {
+      const address = listener.address();
+      if (address === null || typeof address === 'string') throw new Error('no TCP address');
+      const client = await QmpClient.connect<LooseCommands, LooseEvents>({ host: '127.0.0.1', port: address.port }, { connectTimeout: 5000 });
+      expect(client.target).toBe(`127.0.0.1:${address.port}`);
+      await expect(client.execute('anything')).resolves.toEqual({ over: 'tcp' });
+      await client.close({ timeout: 100 });
+    } finally {
+      await new Promise<void>((resolve) => listener.close(() => resolve()));
+    }
+  });
+
+  test('a socket file nobody listens on (ECONNREFUSED) is retried until the deadline', async () => {
+    const { createServer } = await import('node:net');
+    const { link } = await import('node:fs/promises');
+    const live = `${server.dir}/live.sock`;
+    const stale = `${server.dir}/stale.sock`;
+    // A second name for the socket survives the listener (which unlinks only its own name):
+    // a socket file without a listener, as a QEMU that just died leaves behind.
+    const listener = createServer();
+    await new Promise<void>((resolve) => listener.listen(live, resolve));
+    await link(live, stale);
+    await new Promise<void>((resolve) => listener.close(() => resolve()));
+    const error = await errorOf(QmpClient.connect(stale, { connectTimeout: 150 }));
+    expect(QmpTimeoutError.isInstance(error)).toBe(true);
+    expect(((error as QmpTimeoutError).cause as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
   });
 
   test('a missing socket fails with QmpTimeoutError at the deadline, ENOENT attached', async () => {

@@ -1,18 +1,19 @@
 export { QemuMachine } from './machine.js';
 export type { DriveOptions, HmpQemuIoResult, QemuMachineOptions } from './machine.js';
 export { QemuStorageDaemon } from './storage-daemon.js';
-export type { QemuStorageDaemonOptions, StorageDaemonOption } from './storage-daemon.js';
+export type { QemuStorageDaemonOptions } from './storage-daemon.js';
 export { QemuProcess } from './qemu-process.js';
 export type {
   ExitStatus,
   MachineQmpClient,
   QemuProcessOptions,
   QemuProcessState,
+  QemuProgram,
   QmpConnectOptions,
   ShutdownResult,
   TimeoutOptions,
 } from './qemu-process.js';
-export type { OptionValue } from './option-syntax.js';
+export type { OptionValue, StructuredOption } from './option-syntax.js';
 export { escapeOptionValue } from './option-syntax.js';
 export {
   InvalidHmpCommandError,

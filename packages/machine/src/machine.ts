@@ -1,5 +1,5 @@
-import { MachineConfigError, QemuIoHmpError } from './errors.js';
-import { checkQemuId, formatOptionList, type OptionValue } from './option-syntax.js';
+import { MachineAbortError, MachineConfigError, QemuIoHmpError } from './errors.js';
+import { checkQemuId, formatOptionList, formatStructuredOption, type OptionValue, type StructuredOption } from './option-syntax.js';
 import { checkHmpQemuIoArguments, findQemuIoFailure, hmpQemuIoCommandLine } from './qemu-io-hmp.js';
 import { QemuProcess, type QemuProcessOptions, type TimeoutOptions } from './qemu-process.js';
 
@@ -31,6 +31,8 @@ export interface QemuMachineOptions extends QemuProcessOptions {
   defaults?: boolean;
   /** Drives to add, as with `addDrive()`. */
   drives?: readonly DriveOptions[];
+  /** `-blockdev` values, as with `addBlockdev()`. */
+  blockdevs?: readonly StructuredOption[];
 }
 
 export interface HmpQemuIoResult {
@@ -50,7 +52,8 @@ export class QemuMachine extends QemuProcess {
   readonly #machineType: string;
   readonly #display: string;
   readonly #defaults: boolean;
-  readonly #drives: string[] = [];
+  /** `-drive` and `-blockdev` arguments, in the order they were added. */
+  readonly #blockArguments: string[] = [];
   readonly #driveIds = new Set<string>();
   #qemuIoQueue: Promise<unknown> = Promise.resolve();
 
@@ -60,6 +63,7 @@ export class QemuMachine extends QemuProcess {
     this.#display = options.display ?? 'none';
     this.#defaults = options.defaults ?? false;
     for (const drive of options.drives ?? []) this.addDrive(drive);
+    for (const blockdev of options.blockdevs ?? []) this.addBlockdev(blockdev);
   }
 
   /** Creates a machine and launches it; the result supports `await using`. */
@@ -91,8 +95,19 @@ export class QemuMachine extends QemuProcess {
       ...(drive.nodeName === undefined ? [] : [['node-name', drive.nodeName] as const]),
       ...extra,
     ];
-    this.#drives.push(formatOptionList('drive', entries));
+    this.#blockArguments.push('-drive', formatOptionList('drive', entries));
     this.#driveIds.add(drive.id);
+    return this;
+  }
+
+  /**
+   * Adds a `-blockdev` for the next launch: an object (passed as JSON, no escaping needed),
+   * e.g. `{ driver: 'qcow2', 'node-name': 'node0', file: { driver: 'file', filename } }`, or
+   * a string in QEMU's `key=value` syntax. Such a node has no drive id; address it by node
+   * name (`hmpQemuIo('node0', ...)` works with node names too).
+   */
+  addBlockdev(blockdev: StructuredOption): this {
+    this.#blockArguments.push('-blockdev', formatStructuredOption('blockdev', blockdev));
     return this;
   }
 
@@ -107,7 +122,7 @@ export class QemuMachine extends QemuProcess {
       qmpChardev,
       '-mon',
       `chardev=${qmpChardevId},mode=control`,
-      ...this.#drives.flatMap((drive) => ['-drive', drive]),
+      ...this.#blockArguments,
       ...this.extraArgs,
     ];
   }
@@ -129,6 +144,8 @@ export class QemuMachine extends QemuProcess {
     checkHmpQemuIoArguments(drive, command);
     const qmp = this.requireRunning('run qemu-io');
     const run = async (): Promise<HmpQemuIoResult> => {
+      // It may have waited behind other calls; a caller who gave up meanwhile gets no write.
+      if (options.signal?.aborted === true) throw new MachineAbortError('hmpQemuIo', options.signal.reason);
       const offset = await this.logOffset();
       const reply = await qmp.hmp(hmpQemuIoCommandLine(drive, command), options);
       // QEMU has written (and flushed) qemu-io's output before it sends the QMP reply.

@@ -52,3 +52,18 @@ export function formatOptionList(option: string, entries: ReadonlyArray<readonly
     })
     .join(',');
 }
+
+/**
+ * A `-blockdev`, `--export`, `--nbd-server` or `--object` value: an object (written as JSON,
+ * which QEMU accepts for these options and which needs no escaping) or a string in QEMU's
+ * `key=value,...` syntax, passed as it is.
+ */
+export type StructuredOption = string | Readonly<Record<string, unknown>>;
+
+export function formatStructuredOption(option: string, value: StructuredOption): string {
+  if (typeof value === 'string') {
+    if (value === '') throw new MachineConfigError(option, value, 'the value is empty');
+    return value;
+  }
+  return JSON.stringify(value);
+}

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { chmod, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { closeSync, existsSync, openSync, watch, type FSWatcher } from 'node:fs';
+import { chmod, mkdtemp, open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -76,7 +76,7 @@ export interface QemuProcessOptions {
 
 /** Describes one kind of QEMU program to the shared process code. */
 export interface QemuProgram {
-  /** Used in messages, e.g. `qemu-system-x86_64`. */
+  /** Name looked up on PATH when neither the option nor the variable names a binary. */
   defaultBinary: string;
   /** Environment variable naming the binary, e.g. `QEMU_SYSTEM`. */
   environmentVariable: string;
@@ -100,7 +100,8 @@ const LOG_TAIL_LINES = 20;
 const LOG_TAIL_BYTES = 4096;
 /** The log is kept in memory after its directory is removed, up to this many bytes (the end). */
 const KEPT_LOG_BYTES = 1024 * 1024;
-export const TEMP_DIR_PREFIX = 'qmpkit-machine-';
+const TEMP_DIR_PREFIX = 'qmpkit-machine-';
+const QMP_SOCKET_NAME = 'qmp.sock';
 
 /** Everything about one launch; a process object can be launched again after it exits. */
 interface Run {
@@ -109,7 +110,7 @@ interface Run {
   readonly logPath: string;
   readonly ownsLog: boolean;
   readonly entry: ExitHookEntry;
-  child: ChildProcess | undefined;
+  readonly child: ChildProcess;
   qmp: MachineQmpClient | undefined;
   spawnError: unknown;
   exit: ExitStatus | undefined;
@@ -144,6 +145,44 @@ function waitForExitOf(run: Run, timeout: number | undefined, signal: AbortSigna
     const timer = timeout === undefined ? undefined : setTimeout(() => done('timeout'), Math.max(0, timeout));
     signal?.addEventListener('abort', onAbort, { once: true });
     void run.childExited.then(() => done('exited'));
+  });
+}
+
+/**
+ * Resolves once `name` exists in `dir`. QEMU needs 100-200 ms to create its socket, and a
+ * connect loop with back-off tends to notice it up to one back-off step late; watching the
+ * private directory notices it at once. Where watching is not possible it resolves at once
+ * and the client's own retries do the waiting.
+ */
+function socketCreated(dir: string, name: string, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let settled = false;
+    let watcher: FSWatcher | undefined;
+    const finish = (error?: unknown): void => {
+      if (settled) return;
+      settled = true;
+      watcher?.close();
+      signal.removeEventListener('abort', onAbort);
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onAbort = (): void => finish(signal.reason ?? new Error('aborted'));
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      watcher = watch(dir, (_event, file) => {
+        if (file === name) finish();
+      });
+      watcher.on('error', () => finish());
+    } catch {
+      finish();
+      return;
+    }
+    // Created before the watch started?
+    if (existsSync(join(dir, name))) finish();
   });
 }
 
@@ -198,7 +237,7 @@ export abstract class QemuProcess implements AsyncDisposable {
 
   /** Process id of the current or last launch. */
   get pid(): number | undefined {
-    return this.#run?.child?.pid;
+    return this.#run?.child.pid;
   }
 
   /** Exit code once the process has exited (`null` while running or when killed by a signal). */
@@ -260,12 +299,23 @@ export abstract class QemuProcess implements AsyncDisposable {
     return (await stat(run.logPath).catch(() => ({ size: 0 }))).size;
   }
 
-  /** What the process printed since `logOffset()` returned `offset`. */
+  /** What the process printed since `logOffset()` returned `offset` (reads only that part). */
   protected async logSince(offset: number): Promise<string> {
     const run = this.#run;
     if (run === undefined) return '';
-    const bytes = await readFile(run.logPath).catch(() => Buffer.alloc(0));
-    return bytes.subarray(offset).toString('utf8');
+    let file: FileHandle | undefined;
+    try {
+      file = await open(run.logPath, 'r');
+      const { size } = await file.stat();
+      if (size <= offset) return '';
+      const buffer = Buffer.alloc(size - offset);
+      const { bytesRead } = await file.read(buffer, 0, buffer.length, offset);
+      return buffer.subarray(0, bytesRead).toString('utf8');
+    } catch {
+      return '';
+    } finally {
+      await file?.close();
+    }
   }
 
   /**
@@ -302,7 +352,7 @@ export abstract class QemuProcess implements AsyncDisposable {
       this.#state = 'running';
       return this;
     }
-    if (run.exit === undefined) run.child?.kill('SIGKILL');
+    if (run.exit === undefined) run.child.kill('SIGKILL');
     await run.finished;
     throw new QemuLaunchError({
       reason: failure.reason,
@@ -324,7 +374,7 @@ export abstract class QemuProcess implements AsyncDisposable {
     try {
       // mkdtemp already uses 0700; said again in case a umask or platform differs.
       await chmod(dir, 0o700);
-      const socketPath = join(dir, 'qmp.sock');
+      const socketPath = join(dir, QMP_SOCKET_NAME);
       if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH) {
         throw new MachineConfigError('tmpDir', this.#options.tmpDir, `the QMP socket path ${socketPath} is longer than ${MAX_SOCKET_PATH} bytes`);
       }
@@ -423,12 +473,14 @@ export abstract class QemuProcess implements AsyncDisposable {
       if (!settled) controller.abort(new Error('QEMU exited'));
     });
 
-    const socketPath = join(run.dir, 'qmp.sock');
-    const connecting = QmpClient.connect<QmpCommands, QmpEvents>(socketPath, {
-      ...(this.#options.qmp ?? {}),
-      connectTimeout: timeout,
-      signal: controller.signal,
-    });
+    const socketPath = join(run.dir, QMP_SOCKET_NAME);
+    const connecting = socketCreated(run.dir, QMP_SOCKET_NAME, controller.signal).then(() =>
+      QmpClient.connect<QmpCommands, QmpEvents>(socketPath, {
+        ...(this.#options.qmp ?? {}),
+        connectTimeout: Math.max(0, deadline - Date.now()),
+        signal: controller.signal,
+      }),
+    );
     try {
       const qmp = await Promise.race([connecting, run.childExited.then(() => undefined)]);
       if (qmp !== undefined) {
@@ -510,14 +562,14 @@ export abstract class QemuProcess implements AsyncDisposable {
     }
     if (outcome === 'timeout') {
       method = 'SIGTERM';
-      run.child?.kill('SIGTERM');
+      run.child.kill('SIGTERM');
       outcome = await waitForExitOf(run, deadline - Date.now(), signal);
     }
     if (outcome !== 'exited') {
       method = 'SIGKILL';
-      run.child?.kill('SIGKILL');
+      run.child.kill('SIGKILL');
       if ((await waitForExitOf(run, SIGKILL_WAIT, undefined)) !== 'exited') {
-        throw new QemuShutdownError(run.child?.pid ?? -1, SIGKILL_WAIT);
+        throw new QemuShutdownError(run.child.pid ?? -1, SIGKILL_WAIT);
       }
     }
     const status = await run.finished;

@@ -1,30 +1,16 @@
 import { MachineConfigError } from './errors.js';
+import { formatStructuredOption, type StructuredOption } from './option-syntax.js';
 import { QemuProcess, type QemuProcessOptions, type TimeoutOptions } from './qemu-process.js';
-
-/**
- * A `--blockdev`, `--export`, `--nbd-server` or `--object` value: an object (written as
- * JSON, which qemu-storage-daemon accepts for all four and which needs no escaping) or a
- * string in QEMU's `key=value,...` syntax, passed as it is.
- */
-export type StorageDaemonOption = string | Readonly<Record<string, unknown>>;
 
 export interface QemuStorageDaemonOptions extends QemuProcessOptions {
   /** `--blockdev` values, e.g. `{ driver: 'qcow2', 'node-name': 'node0', file: { driver: 'file', filename } }`. */
-  blockdevs?: readonly StorageDaemonOption[];
+  blockdevs?: readonly StructuredOption[];
   /** `--export` values, e.g. `{ type: 'nbd', id: 'exp0', 'node-name': 'node0', writable: true }`. */
-  exports?: readonly StorageDaemonOption[];
+  exports?: readonly StructuredOption[];
   /** The `--nbd-server` value, e.g. `{ addr: { type: 'unix', path } }`. */
-  nbdServer?: StorageDaemonOption;
+  nbdServer?: StructuredOption;
   /** `--object` values. */
-  objects?: readonly StorageDaemonOption[];
-}
-
-function formatOption(option: string, value: StorageDaemonOption): string {
-  if (typeof value === 'string') {
-    if (value === '') throw new MachineConfigError(option, value, 'the value is empty');
-    return value;
-  }
-  return JSON.stringify(value);
+  objects?: readonly StructuredOption[];
 }
 
 /**
@@ -56,28 +42,28 @@ export class QemuStorageDaemon extends QemuProcess {
   }
 
   /** Adds a `--blockdev` for the next launch. */
-  addBlockdev(blockdev: StorageDaemonOption): this {
-    this.#arguments.push('--blockdev', formatOption('blockdev', blockdev));
+  addBlockdev(blockdev: StructuredOption): this {
+    this.#arguments.push('--blockdev', formatStructuredOption('blockdev', blockdev));
     return this;
   }
 
   /** Adds an `--export` for the next launch (its node must be added first). */
-  addExport(exported: StorageDaemonOption): this {
-    this.#arguments.push('--export', formatOption('export', exported));
+  addExport(exported: StructuredOption): this {
+    this.#arguments.push('--export', formatStructuredOption('export', exported));
     return this;
   }
 
   /** Sets the `--nbd-server` for the next launch (the daemon runs at most one). */
-  setNbdServer(server: StorageDaemonOption): this {
+  setNbdServer(server: StructuredOption): this {
     if (this.#hasNbdServer) throw new MachineConfigError('nbdServer', server, 'an NBD server was already set');
     this.#hasNbdServer = true;
-    this.#arguments.push('--nbd-server', formatOption('nbdServer', server));
+    this.#arguments.push('--nbd-server', formatStructuredOption('nbdServer', server));
     return this;
   }
 
   /** Adds an `--object` (e.g. a secret or an iothread) for the next launch. */
-  addObject(object: StorageDaemonOption): this {
-    this.#arguments.push('--object', formatOption('object', object));
+  addObject(object: StructuredOption): this {
+    this.#arguments.push('--object', formatStructuredOption('object', object));
     return this;
   }
 

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -31,7 +31,11 @@ interface Ended {
  * Runs the fixture; `onReport` is called with each JSON line it prints (the first one is
  * `{ pid, dir }` of its machine) and may signal the child.
  */
-function runChild(how: string, kind: 'machine' | 'daemon', onReport: (report: Record<string, unknown>, childPid: number) => void = () => undefined): Promise<Ended> {
+function runChild(
+  how: string,
+  kind: 'machine' | 'daemon',
+  onReport: (report: Record<string, unknown>, child: ChildProcess) => void = () => undefined,
+): Promise<Ended> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [FIXTURE, how, scratch.dir, kind], { stdio: ['ignore', 'pipe', 'pipe'] });
     const reports: Array<Record<string, unknown>> = [];
@@ -43,7 +47,7 @@ function runChild(how: string, kind: 'machine' | 'daemon', onReport: (report: Re
       const report = JSON.parse(line) as Record<string, unknown>;
       reports.push(report);
       if (typeof report['pid'] === 'number') scratch.rememberPid(report['pid']);
-      onReport(report, child.pid ?? -1);
+      onReport(report, child);
     });
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -67,7 +71,7 @@ async function expectCleanedUp(ended: Ended): Promise<void> {
 
 test('process.exit() kills the machine and removes its directory, keeping the exit code', async () => {
   const ended = await runChild('exit', 'machine');
-  expect(ended.code).toBe(3);
+  expect({ code: ended.code, stderr: ended.stderr }).toEqual({ code: 3, stderr: '' });
   await expectCleanedUp(ended);
 });
 
@@ -86,20 +90,19 @@ test('an unhandled rejection likewise', async () => {
 });
 
 test.each(['SIGTERM', 'SIGINT', 'SIGHUP'] as const)('%s kills the machine, then the process still dies of the signal', async (signal) => {
-  const ended = await runChild('wait-for-signal', 'machine', (report, childPid) => {
-    if (report['pid'] !== undefined) process.kill(childPid, signal);
+  const ended = await runChild('wait-for-signal', 'machine', (report, child) => {
+    if (report['pid'] !== undefined) child.kill(signal);
   });
-  expect(ended.signal).toBe(signal);
-  expect(ended.code).toBeNull();
+  expect({ code: ended.code, signal: ended.signal, stderr: ended.stderr }).toEqual({ code: null, signal, stderr: '' });
   await expectCleanedUp(ended);
 });
 
 test("with the application's own SIGINT listener the hook waits for the application to exit", async () => {
-  const ended = await runChild('own-sigint-handler', 'machine', (report, childPid) => {
-    if (report['pid'] !== undefined) process.kill(childPid, 'SIGINT');
+  const ended = await runChild('own-sigint-handler', 'machine', (report, child) => {
+    if (report['pid'] !== undefined) child.kill('SIGINT');
   });
   expect(ended.reports[1]).toEqual({ stillRunning: true });
-  expect(ended.code).toBe(0);
+  expect({ code: ended.code, stderr: ended.stderr }).toEqual({ code: 0, stderr: '' });
   await expectCleanedUp(ended);
 });
 

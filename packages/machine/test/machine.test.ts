@@ -3,6 +3,7 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 
 import {
   InvalidHmpCommandError,
+  MachineAbortError,
   MachineConfigError,
   MachineStateError,
   QemuBinaryNotFoundError,
@@ -126,6 +127,17 @@ describe('a running machine', () => {
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
   });
 
+  test('a queued hmpQemuIo whose signal is aborted meanwhile is not run', async () => {
+    await vm.hmpQemuIo('drive0', 'write -P0x66 8k 512');
+    const controller = new AbortController();
+    const first = vm.hmpQemuIo('drive0', 'read -P0x66 8k 512');
+    const second = vm.hmpQemuIo('drive0', 'write -P0x77 8k 512', { signal: controller.signal });
+    controller.abort();
+    await first;
+    expect(MachineAbortError.isInstance(await rejection(second))).toBe(true);
+    await vm.hmpQemuIo('drive0', 'read -P0x66 8k 512');
+  });
+
   test.each([
     ['a double quote', 'write -P0xab 0 512" "info'],
     ['a newline', 'write 0 512\nquit'],
@@ -169,6 +181,22 @@ test('a file name with commas is escaped for -drive', async () => {
   expect(vm.argv).toContain(`if=none,id=drive0,file=${scratch.path('a,,b,,c.qcow2')},format=qcow2,cache=none,read-only=on`);
   const blocks = await vm.qmp.execute('query-block');
   expect(blocks[0]?.inserted).toMatchObject({ file: commaImage, ro: true });
+});
+
+test('-blockdev nodes are added as JSON and qemu-io reaches them by node name', async () => {
+  const vm = machine({
+    blockdevs: [{ driver: 'qcow2', 'node-name': 'node1', file: { driver: 'file', filename: image } }],
+  });
+  await vm.launch();
+  try {
+    expect(vm.argv).toContain(JSON.stringify({ driver: 'qcow2', 'node-name': 'node1', file: { driver: 'file', filename: image } }));
+    const nodes = await vm.qmp.execute('query-named-block-nodes');
+    expect(nodes.map((node) => node['node-name'])).toContain('node1');
+    await vm.hmpQemuIo('node1', 'write -P0x44 256k 512');
+    await vm.hmpQemuIo('node1', 'read -P0x44 256k 512');
+  } finally {
+    await vm.shutdown();
+  }
 });
 
 test('addDrive refuses what QEMU would reject before anything starts', () => {

@@ -33,7 +33,8 @@ async function incrementalFailure(ctx: CaseContext): Promise<void> {
   await s.anchorBackup(drive0);
   await s.addBitmap('bitmap0', drive0);
   await s.hmpWrites(drive0, GUEST_WRITES_1);
-  expectEqual('incremental backup after the flush (blkdebug injects EIO)', false, await s.createIncremental(undefined, { validate: false }));
+  const completed = await s.createIncremental(undefined, { validate: false });
+  expectEqual('incremental backup after the flush (blkdebug injects EIO) completes', false, completed);
   await s.hmpWrites(drive0, GUEST_WRITES_2);
   await s.createIncremental();
   await s.shutdown();
@@ -101,6 +102,7 @@ async function incrementalPause(ctx: CaseContext): Promise<void> {
   });
 
   await s.referenceBackup(bitmap);
+  s.pairFinished(bitmap);
   await s.shutdown();
   await s.checkBackups();
 }

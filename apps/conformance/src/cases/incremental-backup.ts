@@ -90,6 +90,7 @@ async function largerClusterTarget(ctx: CaseContext): Promise<void> {
     backingFormat: drive0.format,
     signal: ctx.signal,
   });
+  s.pairFinished(bitmap0);
   await s.shutdown();
   await s.checkBackups();
 }
@@ -164,13 +165,15 @@ async function transactionFailure(ctx: CaseContext, race: boolean): Promise<void
   };
 
   const [target0, target1] = [await s.prepareBackup(dr0bm0), await s.prepareBackup(dr1bm0)];
-  const [[job0, first0], [job1, first1]] = (await runTransaction(target0, target1)) as [[BackupJob, JobResult], [BackupJob, JobResult]];
+  type Ended = [BackupJob, JobResult];
+  const [[job0, first0], [job1, first1]] = (await runTransaction(target0, target1)) as [Ended, Ended];
   // drive0's job is cancelled by the group (BLOCK_JOB_CANCELLED), drive1's fails with the injected EIO...
   expectEqual('drive0 job in the failing grouped transaction', 'cancelled', first0.status);
-  checkBackupEnd(job1, first1, { error: EIO_MESSAGE });
+  expectEqual('drive1 backup in the failing grouped transaction completes', false, checkBackupEnd(job1, first1, { error: EIO_MESSAGE }));
   // ...after one BLOCK_JOB_ERROR: reported, on a read, and nothing else.
   const errorEvents = [...job0.events, ...job1.events].filter((e) => e.event === 'BLOCK_JOB_ERROR').map((e) => e.data);
-  expectEqual('BLOCK_JOB_ERROR event data', [{ device: drive1.id, action: 'report', operation: 'read' }], errorEvents);
+  const expectedError = { device: drive1.id, action: 'report', operation: 'read' };
+  expectEqual('BLOCK_JOB_ERROR event data', [expectedError], errorEvents);
   s.expectNoPendingEvents('after the failed transaction');
   await s.expectNoActiveBlockJobs();
 
@@ -185,10 +188,13 @@ async function transactionFailure(ctx: CaseContext, race: boolean): Promise<void
   // The same transaction again: the error was injected once, so both jobs complete.
   const [retry0, retry1] = [await s.prepareBackup(dr0bm0), await s.prepareBackup(dr1bm0)];
   for (const [job, result] of await runTransaction(retry0, retry1)) {
-    expectTrue(`${job.id} backup in the repeated transaction completes`, checkBackupEnd(job, result, { error: EIO_MESSAGE }));
+    const completed = checkBackupEnd(job, result, { error: EIO_MESSAGE });
+    expectTrue(`${job.id} backup in the repeated transaction completes`, completed);
   }
   await s.referenceBackup(dr0bm0);
+  s.pairFinished(dr0bm0);
   await s.referenceBackup(dr1bm0);
+  s.pairFinished(dr1bm0);
   s.expectNoPendingEvents('after the repeated transaction');
   await s.expectNoActiveBlockJobs();
 

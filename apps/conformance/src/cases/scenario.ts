@@ -8,7 +8,7 @@ import {
   type BitmapStatus,
   type JobResult,
 } from '@qmpkit/backup';
-import { parseSize, QemuIo } from '@qmpkit/image-tools';
+import { parseSize, QemuIo, type CompareResult } from '@qmpkit/image-tools';
 import type { QemuMachine } from '@qmpkit/machine';
 import type { BlockdevOptions, DriveBackup } from '@qmpkit/schema';
 
@@ -70,6 +70,15 @@ export const DRIVE1_GUEST_WRITES: readonly PatternWrite[] = [
  * 256 KiB at 16 MiB (four), 64 KiB straddling 32 MiB (two): seven chunks.
  */
 export const GUEST_WRITES_1_DIRTY_BYTES = 458752;
+
+/** The shared starting images the selected cases use (see `ImageTemplates`). */
+export function imageTemplates(ids: readonly string[]): Array<{ name: string; writes: string[] }> {
+  const templates = [{ name: 'drive0', writes: writeCommands(DRIVE0_PATTERN) }];
+  if (ids.some((id) => id.includes('test_transaction_failure'))) {
+    templates.push({ name: 'drive1', writes: writeCommands(DRIVE1_PATTERN) });
+  }
+  return templates;
+}
 
 export function writeCommands(writes: readonly PatternWrite[]): string[] {
   return writes.map(([pattern, offset, length]) => QemuIo.writeCommand({ pattern, offset, length }));
@@ -151,6 +160,7 @@ export class Scenario {
   readonly vm: QemuMachine;
   readonly drives: Drive[] = [];
   readonly bitmaps: TrackedBitmap[] = [];
+  readonly #comparisons = new Map<string, Promise<CompareResult>>();
 
   constructor(ctx: CaseContext) {
     this.ctx = ctx;
@@ -321,6 +331,7 @@ export class Scenario {
     });
     if (done) {
       await this.referenceBackup(bitmap);
+      this.pairFinished(bitmap);
     } else {
       await bitmap.dropLast();
       if (options.validate !== false) {
@@ -357,28 +368,60 @@ export class Scenario {
   }
 
   /**
+   * The newest (incremental, reference) pair of `bitmap` is final: nothing writes either image
+   * again. Their comparison starts now, beside what the case does next, instead of after
+   * shutdown; `checkBackups` still requires it, so no check is dropped, only started earlier.
+   * (Not for an image that is still to be changed, like the target rebased after its backup.)
+   */
+  pairFinished(bitmap: TrackedBitmap = this.lastBitmap()): void {
+    const last = bitmap.backups[bitmap.backups.length - 1];
+    if (last !== undefined) this.#compare(last.incremental, last.reference);
+  }
+
+  #compare(a: string, b: string): Promise<CompareResult> {
+    const key = `${a}\0${b}`;
+    let pending = this.#comparisons.get(key);
+    if (pending === undefined) {
+      if (this.#comparisons.size === 0) {
+        // A comparison still running when the case ends (failed early) must not outlive it.
+        this.ctx.defer(async () => {
+          await Promise.allSettled(this.#comparisons.values());
+        });
+      }
+      pending = this.ctx.qemuImg.compare(a, b, { formatA: IMAGE_FORMAT, formatB: IMAGE_FORMAT, ...this.call });
+      // Awaited by checkBackups; until then a rejection is not unhandled.
+      pending.catch(() => undefined);
+      this.#comparisons.set(key, pending);
+    }
+    return pending;
+  }
+
+  /**
    * Each incremental equals its reference, and the newest image of each bitmap's chain equals
    * the drive itself (the machine must be shut down so the drive file is complete and unlocked).
    */
   async checkBackups(): Promise<void> {
-    const comparisons: Array<{ what: string; a: string; b: string }> = [];
+    const comparisons: Array<{ what: string; result: Promise<CompareResult> }> = [];
     for (const bitmap of this.bitmaps) {
       for (const pair of bitmap.backups) {
-        comparisons.push({ what: `${base(pair.incremental)} against ${base(pair.reference)}`, a: pair.incremental, b: pair.reference });
+        comparisons.push({
+          what: `${base(pair.incremental)} against ${base(pair.reference)}`,
+          result: this.#compare(pair.incremental, pair.reference),
+        });
       }
       const last = bitmap.lastTarget().incremental;
-      comparisons.push({ what: `${base(last)} against the drive ${base(bitmap.drive.file)}`, a: last, b: bitmap.drive.file });
+      comparisons.push({
+        what: `${base(last)} against the drive ${base(bitmap.drive.file)}`,
+        result: this.#compare(last, bitmap.drive.file),
+      });
     }
-    // Independent reads of closed images: run together, report in the reference's order.
-    const results = await Promise.all(
-      comparisons.map((c) => this.ctx.qemuImg.compare(c.a, c.b, { formatA: IMAGE_FORMAT, formatB: IMAGE_FORMAT, ...this.call })),
-    );
-    results.forEach((result, i) => {
-      const c = comparisons[i];
-      if (c !== undefined && !result.identical) {
+    // Independent reads of closed images run together; failures are reported in the reference's order.
+    for (const c of comparisons) {
+      const result = await c.result;
+      if (!result.identical) {
         throw new CaseAssertionError(`image comparison ${c.what}`, 'identical', 'different', { detail: result.message });
       }
-    });
+    }
   }
 
   lastDrive(): Drive {

@@ -1,0 +1,98 @@
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ManifestError } from './errors.js';
+import { lastBase, readManifest, resolveBackupFile, writeManifest } from './manifest.js';
+import type { Manifest, ManifestBackup } from './manifest.js';
+
+function backup(kind: ManifestBackup['kind'], file: string, parent: string | null): ManifestBackup {
+  return {
+    kind,
+    file,
+    parent,
+    time: '2026-01-01T00:00:00.000Z',
+    bytes: 65536,
+    driveSize: 67108864,
+    result: 'completed',
+    jobId: 'job',
+    durationMs: 1,
+    run: 'run',
+  };
+}
+
+function manifest(backups: ManifestBackup[]): Manifest {
+  return {
+    format: 'qmpkit-backup-chain',
+    version: 1,
+    chainId: 'c0ffee00-0000-4000-8000-000000000000',
+    created: '2026-01-01T00:00:00.000Z',
+    updated: '2026-01-01T00:00:00.000Z',
+    drives: [
+      { node: 'drive0', bitmap: 'b', granularity: 65536, persistent: true, driveSize: 67108864, targetFormat: 'qcow2', backups },
+    ],
+  };
+}
+
+describe('manifest files', () => {
+  let dir = '';
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'qmpkit-backup-'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  it('round-trips, replacing the file by rename and leaving no temporary file', async () => {
+    const path = join(dir, 'manifest.json');
+    const m = manifest([backup('full', 'a.qcow2', null)]);
+    await writeManifest(path, m);
+    expect(await readManifest(path)).toEqual(m);
+    const next = manifest([backup('full', 'a.qcow2', null), backup('incremental', 'b.qcow2', 'a.qcow2')]);
+    await writeManifest(path, next);
+    expect(await readManifest(path)).toEqual(next);
+    expect(await readdir(dir)).toEqual(['manifest.json']);
+  });
+
+  it('reads a missing manifest as undefined', async () => {
+    expect(await readManifest(join(dir, 'none.json'))).toBeUndefined();
+  });
+
+  it.each([
+    ['not JSON', '{"format": '],
+    ['another format', JSON.stringify({ format: 'other', version: 1 })],
+    ['another version', JSON.stringify({ ...manifest([]), version: 2 })],
+    ['no drives', JSON.stringify({ ...manifest([]), drives: [] })],
+    ['a backup without a file', JSON.stringify(manifest([{ kind: 'full' } as unknown as ManifestBackup]))],
+    ['a malformed pending run', JSON.stringify({ ...manifest([]), pending: 'yes' })],
+  ])('refuses %s with ManifestError', async (_label, text) => {
+    const path = join(dir, 'bad.json');
+    await writeFile(path, text);
+    const error = await readManifest(path).catch((e: unknown) => e);
+    expect(ManifestError.isInstance(error)).toBe(true);
+    expect((error as ManifestError).path).toBe(path);
+  });
+
+  it('reports a write that cannot happen, without leaving a temporary file', async () => {
+    const path = join(dir, 'missing-dir', 'manifest.json');
+    await expect(writeManifest(path, manifest([]))).rejects.toThrow(ManifestError);
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it('finds the base of the next incremental, skipping differentials', () => {
+    const m = manifest([
+      backup('full', 'f', null),
+      backup('incremental', 'i1', 'f'),
+      backup('differential', 'd1', 'i1'),
+      backup('differential', 'd2', 'i1'),
+    ]);
+    expect(lastBase(m.drives[0] as Manifest['drives'][number])?.file).toBe('i1');
+    expect(lastBase({ ...(m.drives[0] as Manifest['drives'][number]), backups: [] })).toBeUndefined();
+  });
+
+  it('resolves backup files against the manifest directory unless absolute', async () => {
+    expect(resolveBackupFile('/b/manifest.json', 'x.qcow2')).toBe('/b/x.qcow2');
+    expect(resolveBackupFile('/b/manifest.json', '/elsewhere/x.qcow2')).toBe('/elsewhere/x.qcow2');
+    // The file on disk is what was written.
+    const path = join(dir, 'manifest.json');
+    await writeManifest(path, manifest([]));
+    expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ format: 'qmpkit-backup-chain' });
+  });
+});
