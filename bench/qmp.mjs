@@ -3,7 +3,8 @@
 //
 // One `qemu-system-x86_64 -machine none` with two QMP monitors: one for a minimal raw-socket
 // client written here (it writes command lines and counts reply lines, nothing more: the
-// fastest a Node client can possibly be), one for @qmpkit/client from packages/client/dist.
+// fastest a Node client can possibly be), one for @qmpkit/client from packages/client/dist;
+// they swap monitors every round.
 // Each runs N `query-status` commands sequentially (awaiting each reply; the two clients take
 // turns every --slice commands) and pipelined (all N in flight at once), alternating the two
 // clients over several rounds so drift in machine load hits both alike. Medians of commands/s are compared; the last line is
@@ -197,12 +198,11 @@ const median = (values) => {
 };
 
 const dir = await mkdtemp(join(tmpdir(), 'qmpkit-bench-'));
-const rawSocket = join(dir, 'raw.sock');
-const clientSocket = join(dir, 'client.sock');
+const monitors = [join(dir, 'monitor-a.sock'), join(dir, 'monitor-b.sock')];
 const qemu = spawn(
   process.env.QEMU_SYSTEM ?? 'qemu-system-x86_64',
   ['-machine', 'none', '-nodefaults', '-display', 'none',
-    '-qmp', `unix:${rawSocket},server=on,wait=off`, '-qmp', `unix:${clientSocket},server=on,wait=off`],
+    '-qmp', `unix:${monitors[0]},server=on,wait=off`, '-qmp', `unix:${monitors[1]},server=on,wait=off`],
   { stdio: ['ignore', 'ignore', 'inherit'] },
 );
 const qemuExited = new Promise((resolve) => qemu.once('exit', resolve));
@@ -210,8 +210,15 @@ let failed = false;
 let raw;
 let qmp;
 try {
-  raw = await RawQmp.connect(rawSocket);
-  qmp = await QmpClient.connect(clientSocket, { connectTimeout: 10_000 });
+  // The clients swap monitors every round (reconnecting, untimed), so a difference between
+  // QEMU's two monitors cannot pass for a difference between the clients.
+  const attach = async (round) => {
+    raw?.close();
+    await qmp?.close({ timeout: 500 });
+    raw = await RawQmp.connect(monitors[round % 2]);
+    qmp = await QmpClient.connect(monitors[(round + 1) % 2], { connectTimeout: 10_000 });
+  };
+  await attach(0);
   const results = { raw: { sequential: [], pipelined: [] }, client: { sequential: [], pipelined: [] } };
   const cpu = { raw: { sequential: [], pipelined: [] }, client: { sequential: [], pipelined: [] } };
   let nextRawId = 1;
@@ -233,6 +240,7 @@ try {
 
   console.log(`${COMMANDS} query-status per client and mode, ${ROUNDS} rounds, QEMU ${qmp.version.qemu.major}.${qmp.version.qemu.minor}.${qmp.version.qemu.micro}`);
   for (let round = 0; round < ROUNDS; round++) {
+    if (round > 0) await attach(round);
     const line = [];
     // Sequential: the clients take turns every SLICE commands, so a burst of load from
     // elsewhere on the machine hits both about equally; each client's rate is its N commands

@@ -6,6 +6,7 @@ import type { QemuImg, QemuIo } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 
 import { CaseSkip } from './errors.js';
+import { launchMachine } from './sdk-gaps.js';
 import type { CaseScope } from './runner.js';
 
 /** The image tools and the system emulator the cases run, as the CLI options chose them. */
@@ -144,7 +145,7 @@ export class CaseContext {
 
   /** Launch `machine` under the case's signal and note QEMU's version for the report. */
   async launch(machine: QemuMachine): Promise<void> {
-    await machine.launch({ signal: this.signal, timeout: 30_000 });
+    await launchMachine(machine, { signal: this.signal, timeout: 30_000 });
     const version = machine.qmp.version;
     if (version !== undefined) {
       const { major, minor, micro } = version.qemu;

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { ManifestError } from './errors.js';
 
@@ -136,12 +136,7 @@ export async function readManifest(path: string): Promise<Manifest | undefined> 
 export async function writeManifest(path: string, manifest: Manifest): Promise<void> {
   const temp = `${path}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
   try {
-    const handle = await open(temp, 'wx');
-    try {
-      await handle.writeFile(`${JSON.stringify(manifest, null, 2)}\n`, 'utf8');
-    } finally {
-      await handle.close();
-    }
+    await writeFile(temp, `${JSON.stringify(manifest, null, 2)}\n`, { encoding: 'utf8', flag: 'wx' });
     await rename(temp, path);
   } catch (error) {
     await rm(temp, { force: true });

@@ -42,10 +42,12 @@ describe('dirty bitmaps against QEMU', () => {
     }
     expect(await listBitmaps(qmp, 'node0')).toEqual([]);
     // The limits are QEMU's: 256 and a non-power of two fail there too, 512 and 2^31 pass.
-    await expect(qmp.execute('block-dirty-bitmap-add' as never, { node: 'node0', name: 'x', granularity: 256 } as never))
-      .rejects.toBeInstanceOf(QmpCommandError);
-    await expect(qmp.execute('block-dirty-bitmap-add' as never, { node: 'node0', name: 'x', granularity: 64000 } as never))
-      .rejects.toBeInstanceOf(QmpCommandError);
+    for (const granularity of [256, 64000]) {
+      const refused = await vm.qmp
+        .execute('block-dirty-bitmap-add', { node: 'node0', name: 'x', granularity })
+        .catch((e: unknown) => e);
+      expect(QmpCommandError.isInstance(refused)).toBe(true);
+    }
     await addBitmap(qmp, { node: 'node0', name: 'smallest', granularity: 512 });
     await addBitmap(qmp, { node: 'node0', name: 'largest', granularity: 2 ** 31 });
     const granularities = (await listBitmaps(qmp, 'node0')).map((b) => [b.name, b.granularity]);

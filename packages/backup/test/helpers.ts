@@ -86,7 +86,7 @@ export async function addBlkdebugNode(vm: QemuMachine, nodeName: string, file: s
       'set-state': [{ event: 'flush_to_disk', state: 1, new_state: 2 }],
       'inject-error': [{ event: 'read_aio', errno: 5, state: 2, immediately: false, once: true }],
     },
-  } as never);
+  });
 }
 
 /** The machine's client, as this package's functions take it. */

@@ -358,8 +358,10 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
    * Runs a command and resolves with its `return` value. Rejects with `QmpCommandError`
    * on an error reply, `QmpTimeoutError`, `QmpAbortError`, or `QmpConnectionError`.
    */
-  execute<K extends keyof C & string>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>> {
-    return this.#send(name, params[0], params[1], false) as Promise<CommandReturn<C, K>>;
+  execute<K extends keyof C & string>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>>;
+  // Plain parameters in the implementation: no rest array allocated per command.
+  execute(name: string, args?: unknown, options?: CommandOptions): Promise<unknown> {
+    return this.#send(name, args, options, false);
   }
 
   /**
@@ -367,14 +369,15 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
    * command is still running. Only commands QEMU marks `allow-oob` qualify. Rejects with
    * `QmpNegotiationError` when the connection was not opened with `oob: true`.
    */
-  executeOob<K extends keyof C & string>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>> {
+  executeOob<K extends keyof C & string>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>>;
+  executeOob(name: string, args?: unknown, options?: CommandOptions): Promise<unknown> {
     if (!this.#oob) {
       return Promise.reject(new QmpNegotiationError(
         `cannot run ${name} out of band: the connection was not negotiated with oob (connect with { oob: true })`,
         this.#greeting ? { offered: this.#greeting.QMP.capabilities } : {},
       ));
     }
-    return this.#send(name, params[0], params[1], true) as Promise<CommandReturn<C, K>>;
+    return this.#send(name, args, options, true);
   }
 
   /** Runs an HMP command line through `human-monitor-command` and returns its text output. */

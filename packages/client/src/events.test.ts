@@ -153,6 +153,9 @@ describe('QmpEventHub', () => {
     expect(seen).toEqual(['d0', 'd1']);
     expect(QmpEventOverflowError.isInstance(error)).toBe(true);
     expect(error).toMatchObject({ capacity: 2, dropped: 3 });
+    // The overflow ended the stream: later events are not delivered, next() is done.
+    hub[kDispatch](raw('STOP'));
+    await expect(stream.next()).resolves.toEqual({ value: undefined, done: true });
   });
 
   test('the end of the connection rejects waits and ends streams', async () => {

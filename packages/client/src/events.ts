@@ -288,10 +288,13 @@ export class QmpEventHub<E extends EventSpecs<E> = QmpEvents> {
         waiting = undefined;
         pending.resolve({ value: next, done: false });
       } else if (dropped > 0) {
+        const lost = dropped;
         waiting = undefined;
+        dropped = 0;
         finished = true;
+        failure = undefined;
         unsubscribe();
-        pending.reject(new QmpEventOverflowError(capacity, dropped));
+        pending.reject(new QmpEventOverflowError(capacity, lost));
       } else if (finished) {
         waiting = undefined;
         if (failure) {

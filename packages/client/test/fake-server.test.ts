@@ -1,4 +1,7 @@
-import { setImmediate as nextTurn } from 'node:timers/promises';
+import { mkdir, link } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { dirname, join } from 'node:path';
+import { setImmediate as nextTurn, setTimeout as delay } from 'node:timers/promises';
 import {
   QmpAbortError,
   QmpClient,
@@ -260,40 +263,36 @@ describe('connecting', () => {
   });
 
   test('retries until the socket exists', async () => {
-    const later = await FakeQmpServer.start();
-    const path = `${later.path}.late`;
-    await later.close();
-    // Nothing listens at `path` yet: the client retries on ENOENT.
-    const { createServer } = await import('node:net');
+    const path = join(server.dir, 'late', 'qmp.sock');
+    // Nothing exists at `path` yet: the client keeps retrying on ENOENT.
     const pending = QmpClient.connect(path, { connectTimeout: 5000 });
-    let attempts = 0;
+    let settled = false;
+    void pending.then(() => (settled = true), () => (settled = true));
+    let accepted = 0;
     const listener = createServer((socket) => {
-      attempts++;
+      accepted++;
       socket.write(GREETING);
       socket.on('data', (data) => {
         const { id } = JSON.parse(data.toString()) as { id: number };
         socket.write(`{"return": {}, "id": ${id}}\n`);
       });
     });
-    await nextTurn();
-    await new Promise<void>((resolve) => setTimeout(resolve, 50));
-    const { mkdir, rm } = await import('node:fs/promises');
-    const { dirname } = await import('node:path');
-    await mkdir(dirname(path), { recursive: true });
     try {
+      // The point of the test is a socket that appears late, as QEMU's does.
+      await delay(100);
+      expect(settled).toBe(false);
+      await mkdir(dirname(path));
       await new Promise<void>((resolve) => listener.listen(path, resolve));
       const client = await pending;
       expect(client.state).toBe('ready');
-      expect(attempts).toBe(1);
+      expect(accepted).toBe(1);
       await client.close({ timeout: 100 });
     } finally {
       await new Promise<void>((resolve) => listener.close(() => resolve()));
-      await rm(dirname(path), { recursive: true, force: true });
     }
   });
 
   test('TCP: { host, port }', async () => {
-    const { createServer } = await import('node:net');
     const listener = createServer((socket) => {
       socket.write(GREETING);
       socket.on('data', (data) => {
@@ -317,8 +316,6 @@ describe('connecting', () => {
   });
 
   test('a socket file nobody listens on (ECONNREFUSED) is retried until the deadline', async () => {
-    const { createServer } = await import('node:net');
-    const { link } = await import('node:fs/promises');
     const live = `${server.dir}/live.sock`;
     const stale = `${server.dir}/stale.sock`;
     // A second name for the socket survives the listener (which unlinks only its own name):

@@ -109,5 +109,5 @@ async function incrementalPause(ctx: CaseContext): Promise<void> {
 
 export const blkdebugCases: ReadonlyArray<CaseDefinition<CaseContext>> = [
   { id: `${CLASS}.test_incremental_failure`, weight: 7, run: incrementalFailure },
-  { id: `${CLASS}.test_incremental_pause`, weight: 6, run: incrementalPause },
+  { id: `${CLASS}.test_incremental_pause`, weight: 4.5, run: incrementalPause },
 ];

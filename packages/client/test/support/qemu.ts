@@ -33,6 +33,16 @@ export async function killAndWait(child: ChildProcess): Promise<void> {
  * little after the process starts; `QmpClient.connect` retries until it does, which is
  * part of what these tests exercise.
  */
+// Every QEMU this file starts, until stopped. If a test hangs and jest times it out, its
+// `finally` never runs; the hooks below still reap the process and its scratch directory.
+const running = new Set<TestQemu>();
+afterAll(async () => {
+  await Promise.all([...running].map((qemu) => qemu.stop()));
+});
+process.once('exit', () => {
+  for (const qemu of running) qemu.child.kill('SIGKILL');
+});
+
 export async function startQemu(extraArgs: readonly string[] = []): Promise<TestQemu> {
   const dir = await mkdtemp(join(tmpdir(), 'qmpkit-client-'));
   const socket = join(dir, 'qmp.sock');
@@ -51,12 +61,13 @@ export async function startQemu(extraArgs: readonly string[] = []): Promise<Test
   });
   const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
   spawnError.catch(() => undefined);
-  return {
+  const qemu: TestQemu = {
     dir,
     socket,
     child,
     stderr: () => stderr,
     async stop() {
+      running.delete(qemu);
       try {
         await killAndWait(child);
       } finally {
@@ -64,4 +75,6 @@ export async function startQemu(extraArgs: readonly string[] = []): Promise<Test
       }
     },
   };
+  running.add(qemu);
+  return qemu;
 }
