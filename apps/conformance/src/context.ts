@@ -2,10 +2,11 @@ import { constants as fsConstants } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import type { QemuImg, QemuIo } from '@qmpkit/image-tools';
+import { QemuImg, QemuIo } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 
 import { CaseSkip } from './errors.js';
+import type { BinaryOptions } from './options.js';
 import { launchMachine } from './sdk-gaps.js';
 import type { CaseScope } from './runner.js';
 
@@ -17,15 +18,31 @@ export interface SuiteTools {
   qemuSystem: string | undefined;
 }
 
-/** A QEMU version as the first launched machine reported it in its QMP greeting. */
-export type VersionObserver = (version: string) => void;
+export function makeTools(binaries: BinaryOptions): SuiteTools {
+  return {
+    qemuImg: new QemuImg(binaries.qemuImg === undefined ? {} : { binary: binaries.qemuImg }),
+    qemuIo: new QemuIo(binaries.qemuIo === undefined ? {} : { binary: binaries.qemuIo }),
+    qemuSystem: binaries.qemuSystem,
+  };
+}
+
+/** What the run wants to hear from a case's machines. */
+export interface MachineObserver {
+  /** QEMU's version as a launched machine reported it in its QMP greeting. */
+  onVersion(version: string): void;
+}
+
+/** Where a case gets its starting images from (built once per run, see `ImageTemplates`). */
+export interface TemplateSource {
+  get(name: string, writes: readonly string[], runDir: string, signal: AbortSignal): Promise<string>;
+}
 
 /**
  * Images every case starts from, built once per run and copied into each case's directory.
  * The reference builds them in each test's set-up with the same qemu-img and qemu-io commands;
  * the copies are byte for byte what those commands produce, without two spawns per case.
  */
-export class ImageTemplates {
+export class ImageTemplates implements TemplateSource {
   readonly #tools: SuiteTools;
   readonly #built = new Map<string, Promise<string>>();
 
@@ -85,18 +102,18 @@ export class CaseContext {
   readonly signal: AbortSignal;
   readonly tools: SuiteTools;
   readonly #scope: CaseScope;
-  readonly #templates: ImageTemplates;
-  readonly #onVersion: VersionObserver;
+  readonly #templates: TemplateSource;
+  readonly #observer: MachineObserver;
   #machines = 0;
 
-  constructor(scope: CaseScope, tools: SuiteTools, templates: ImageTemplates, onVersion: VersionObserver) {
+  constructor(scope: CaseScope, tools: SuiteTools, templates: TemplateSource, observer: MachineObserver) {
     this.id = scope.id;
     this.dir = scope.dir;
     this.signal = scope.signal;
     this.tools = tools;
     this.#scope = scope;
     this.#templates = templates;
-    this.#onVersion = onVersion;
+    this.#observer = observer;
   }
 
   get qemuImg(): QemuImg {
@@ -146,12 +163,9 @@ export class CaseContext {
   /** Launch `machine` under the case's signal and note QEMU's version for the report. */
   async launch(machine: QemuMachine): Promise<void> {
     await launchMachine(machine, { signal: this.signal, timeout: 30_000 });
-    const version = machine.qmp.version;
-    if (version !== undefined) {
-      const { major, minor, micro } = version.qemu;
-      const pkg = version.package.trim();
-      this.#onVersion(`${major}.${minor}.${micro}${pkg ? ` (${pkg})` : ''}`);
-    }
+    const { major, minor, micro } = machine.qmp.version.qemu;
+    const pkg = machine.qmp.version.package.trim();
+    this.#observer.onVersion(`${major}.${minor}.${micro}${pkg ? ` (${pkg})` : ''}`);
   }
 
   /** Run `fn` after the case body, also when it failed (last registered runs first). */

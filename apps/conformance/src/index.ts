@@ -23,5 +23,6 @@ export {
   CaseTimeoutError,
   CliUsageError,
   ConformanceError,
+  ImageCreateError,
   RunAbortedError,
 } from './errors.js';

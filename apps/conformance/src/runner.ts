@@ -119,23 +119,24 @@ export class LiveResources {
 /** Every live run of this process; the CLI's last-resort interrupt path releases them. */
 export const liveRuns = new Set<LiveResources>();
 
+function ownLine(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  return error.name && error.name !== 'Error' ? `${error.name}: ${error.message}` : error.message;
+}
+
 /** The error's own line, then its causes (a launch failure's cause says why QMP did not connect). */
-function messageOf(error: unknown): string {
+export function messageOf(error: unknown): string {
   const parts: string[] = [];
   let current: unknown = error;
   for (let depth = 0; current !== undefined && current !== null && depth < 4; depth++) {
-    if (current instanceof Error) {
-      const name = current.name && current.name !== 'Error' ? `${current.name}: ` : '';
-      parts.push(`${depth === 0 ? '' : 'caused by '}${name}${current.message}`);
-      current = current.cause;
-    } else {
-      parts.push(`${depth === 0 ? '' : 'caused by '}${String(current)}`);
-      break;
-    }
+    parts.push(`${depth === 0 ? '' : 'caused by '}${ownLine(current)}`);
+    if (!(current instanceof Error)) break;
+    current = current.cause;
   }
   return parts.join('\n');
 }
 
+/** Waits until `promise` settles or `ms` pass, whichever is first; never rejects. */
 async function settleWithin<T>(promise: Promise<T>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([
@@ -166,7 +167,11 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
   liveRuns.add(live);
   const runDir = await mkdtemp(join(tmpdir(), `${SCRATCH_PREFIX}run-`));
   live.addDir(runDir);
-  options.onRunStart?.(runDir, runController.signal);
+  // Shared preparation stops when the run is interrupted and when it ends (e.g. every case
+  // failed before a template it started was used).
+  const runEnd = new AbortController();
+  const runSignal = AbortSignal.any([runController.signal, runEnd.signal]);
+  options.onRunStart?.(runDir, runSignal);
 
   const results = new Map<string, CaseResult>();
   const queue = [...options.cases].sort((a, b) => (b.weight ?? 1) - (a.weight ?? 1));
@@ -198,7 +203,7 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
       dir,
       signal: controller.signal,
       runDir,
-      runSignal: runController.signal,
+      runSignal,
       onTeardown: (fn) => {
         teardowns.push(fn);
       },
@@ -234,7 +239,7 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
         if (CaseTimeoutError.isInstance(caught)) error = caught.message;
         else if (CaseTimeoutError.isInstance(reason)) {
           // What the case was doing when it was stopped; its cause (the timeout) is said already.
-          const own = caught instanceof Error ? `${caught.name}: ${caught.message}` : String(caught);
+          const own = ownLine(caught);
           error = `${reason.message}\nstopped during: ${own.split('\n', 1)[0] ?? own}`;
         } else error = messageOf(caught);
       }
@@ -282,6 +287,7 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
     await Promise.all(workers);
   } finally {
     outer?.removeEventListener('abort', onOuterAbort);
+    runEnd.abort(new Error('the run has ended'));
     await rm(runDir, { recursive: true, force: true, maxRetries: 3 });
     live.removeDir(runDir);
     // A kept artifacts directory survives only a completed run: an interrupt removes everything.

@@ -1,22 +1,11 @@
 // Small adapters for what the SDK does not offer (yet). Each item says which package it
 // belongs to; the lead moves them there and this file shrinks.
 
-import { QmpProtocolError, type QmpClient } from '@qmpkit/client';
-import { QemuLaunchError, type QemuMachine } from '@qmpkit/machine';
-import type { BlockdevCreateOptions, QmpCommands, QmpEvents } from '@qmpkit/schema';
+import { QmpProtocolError } from '@qmpkit/client';
+import { QemuLaunchError, type MachineQmpClient, type QemuMachine } from '@qmpkit/machine';
+import type { BlockdevCreateOptions } from '@qmpkit/schema';
 
-/** The machine's client with commands and events typed by @qmpkit/schema. */
-export type TypedQmp = QmpClient<QmpCommands, QmpEvents>;
-
-/**
- * Belongs in @qmpkit/machine: `QemuMachine.qmp` is a `QmpClient` with the client's loose
- * default command map, so `execute('query-block-jobs')` returns `unknown`. The machine
- * should connect with (or expose) `QmpClient<QmpCommands, QmpEvents>`; until then the
- * cases view the same object through that type. No run-time change: the object is the same.
- */
-export function typedQmp(machine: QemuMachine): TypedQmp {
-  return machine.qmp as unknown as TypedQmp;
-}
+import { ImageCreateError } from './errors.js';
 
 /** What `createImageInQemu` creates: a qcow2 image, as `qemu-img create -f qcow2` would. */
 export interface InQemuImageSpec {
@@ -39,7 +28,13 @@ let createSerial = 0;
  * Run one `blockdev-create` job to its end and dismiss it, taking every JOB_STATUS_CHANGE it
  * emits out of the client's buffer (so "no events left" checks of the cases still hold).
  */
-async function runCreateJob(qmp: TypedQmp, id: string, options: BlockdevCreateOptions, call: CallOptions): Promise<void> {
+async function runCreateJob(
+  qmp: MachineQmpClient,
+  id: string,
+  filename: string,
+  options: BlockdevCreateOptions,
+  call: CallOptions,
+): Promise<void> {
   const statuses: string[] = [];
   let error: string | undefined;
   const track = (async (): Promise<void> => {
@@ -65,7 +60,7 @@ async function runCreateJob(qmp: TypedQmp, id: string, options: BlockdevCreateOp
     throw startError;
   }
   await track;
-  if (error !== undefined) throw new Error(`blockdev-create job ${id} failed: ${error}`);
+  if (error !== undefined) throw new ImageCreateError(id, filename, error);
 }
 
 /**
@@ -77,14 +72,15 @@ async function runCreateJob(qmp: TypedQmp, id: string, options: BlockdevCreateOp
  * busy machine a blocked Node event loop while it is forked). The cases create their
  * backup targets this way; images that exist before QEMU starts still come from qemu-img.
  */
-export async function createImageInQemu(qmp: TypedQmp, spec: InQemuImageSpec, call: CallOptions = {}): Promise<void> {
+export async function createImageInQemu(qmp: MachineQmpClient, spec: InQemuImageSpec, call: CallOptions = {}): Promise<void> {
   const tag = `qmpkit-create-${process.pid}-${createSerial++}`;
-  await runCreateJob(qmp, `${tag}-file`, { driver: 'file', filename: spec.filename, size: 0 }, call);
+  await runCreateJob(qmp, `${tag}-file`, spec.filename, { driver: 'file', filename: spec.filename, size: 0 }, call);
   await qmp.execute('blockdev-add', { driver: 'file', 'node-name': tag, filename: spec.filename }, call);
   try {
     await runCreateJob(
       qmp,
       `${tag}-qcow2`,
+      spec.filename,
       {
         driver: 'qcow2',
         file: tag,

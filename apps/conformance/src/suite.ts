@@ -1,12 +1,10 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join, resolve } from 'node:path';
 
-import { QemuImg, QemuIo } from '@qmpkit/image-tools';
-
 import { blkdebugCases } from './cases/blkdebug.js';
 import { incrementalBackupCases } from './cases/incremental-backup.js';
 import { imageTemplates } from './cases/scenario.js';
-import { CaseContext, ImageTemplates, type SuiteTools } from './context.js';
+import { CaseContext, ImageTemplates, makeTools, type SuiteTools } from './context.js';
 import type { BinaryOptions } from './options.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
 import { summarize } from './reporters.js';
@@ -82,21 +80,17 @@ async function versionFromBinary(binary: string, signal: AbortSignal | undefined
  */
 export async function runConformance(options: RunConformanceOptions = {}): Promise<ConformanceResult> {
   const binaries = options.binaries ?? {};
-  const tools: SuiteTools = {
-    qemuImg: new QemuImg(binaries.qemuImg === undefined ? {} : { binary: binaries.qemuImg }),
-    qemuIo: new QemuIo(binaries.qemuIo === undefined ? {} : { binary: binaries.qemuIo }),
-    qemuSystem: binaries.qemuSystem,
-  };
+  const tools: SuiteTools = makeTools(binaries);
   const selected =
     options.ids === undefined ? conformanceCases : conformanceCases.filter((c) => options.ids?.includes(c.id));
   const templates = new ImageTemplates(tools);
   let version: string | undefined;
+  const onVersion = (v: string): void => {
+    version ??= v;
+  };
   const run = await runCases<CaseContext>({
     cases: selected,
-    makeContext: (scope) =>
-      new CaseContext(scope, tools, templates, (v) => {
-        version ??= v;
-      }),
+    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }),
     // Every case starts from drive0; the transaction cases also from drive1. Built while the
     // first machines start, so no case waits for both.
     onRunStart: (runDir, signal) => {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { qemuImg, type ImageInfo } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 
-import { createImageInQemu, typedQmp } from '../src/sdk-gaps.js';
+import { createImageInQemu } from '../src/sdk-gaps.js';
 
 // The cases create their backup targets through QEMU instead of `qemu-img create`; these
 // images must be what qemu-img would have made, or the cases would test something else.
@@ -53,7 +53,7 @@ describe('createImageInQemu', () => {
       ...('backing' in spec ? { backingFile: base, backingFormat: 'qcow2' } : {}),
       ...('clusterSize' in spec ? { options: { cluster_size: spec.clusterSize } } : {}),
     });
-    await createImageInQemu(typedQmp(vm), {
+    await createImageInQemu(vm.qmp, {
       filename: viaQemu,
       size: spec.size === '64M' ? 64 * 1048576 : 65 * 1048576,
       ...('backing' in spec ? { backingFile: base, backingFormat: 'qcow2' as const } : {}),
@@ -67,14 +67,14 @@ describe('createImageInQemu', () => {
     // Both are empty overlays of the same base: identical content.
     expect((await qemuImg.compare(viaTool, viaQemu, { formatA: 'qcow2', formatB: 'qcow2' })).identical).toBe(true);
     // The jobs' events were taken by the helper, none is left for a later "no events" check.
-    expect(typedQmp(vm).events.drain()).toEqual([]);
+    expect(vm.qmp.events.drain()).toEqual([]);
   });
 
   it('reports a failed creation with QEMU\'s reason and leaves no job or node behind', async () => {
-    const qmp = typedQmp(vm);
+    const qmp = vm.qmp;
     await expect(
       createImageInQemu(qmp, { filename: join(dir, 'no-such-dir', 'x.qcow2'), size: 1048576 }),
-    ).rejects.toThrow(/blockdev-create job .* failed: .*No such file or directory/);
+    ).rejects.toThrow(/creating .*x\.qcow2 in QEMU failed \(blockdev-create job .*\): .*No such file or directory/);
     expect(await qmp.execute('query-jobs')).toEqual([]);
     const nodes = await qmp.execute('query-named-block-nodes', { flat: true });
     expect(nodes.map((n) => n['node-name']).filter((n) => n?.startsWith('qmpkit-create-'))).toEqual([]);

@@ -366,10 +366,36 @@ abstract class BackupChainBase {
     const started = performance.now();
     const checkOptions: CallOptions & { allowGrowth?: boolean } = this.#callOptions(options);
     if (options.allowGrowth !== undefined) checkOptions.allowGrowth = options.allowGrowth;
-    const checks = await this.check(checkOptions);
-    const broken = checks.find((c) => !c.ok);
     const manifest = this.#manifest;
+    const run = randomUUID();
+    // The targets and the pending mark are prepared while the chain is checked (they need
+    // only the manifest); if the check fails they are undone, so a refusal changes nothing.
+    const canPrepare =
+      manifest !== undefined &&
+      manifest.pending === undefined &&
+      this.#drives.every((d) => {
+        const drive = manifest.drives.find((m) => m.node === d.node);
+        return drive !== undefined && lastBase(drive) !== undefined;
+      });
+    const [checked, preparation] = await Promise.allSettled([
+      this.check(checkOptions),
+      canPrepare ? this.#prepareLayer(manifest, kind, run, options) : Promise.resolve(undefined),
+    ]);
+    const undo = async (): Promise<void> => {
+      if (preparation.status === 'fulfilled' && preparation.value && manifest) {
+        await Promise.all(preparation.value.map((p) => rm(p.target, { force: true })));
+        await writeManifest(this.manifestPath, manifest);
+        this.#manifest = manifest;
+      }
+    };
+    if (checked.status === 'rejected') {
+      await undo();
+      throw checked.reason;
+    }
+    const checks = checked.value;
+    const broken = checks.find((c) => !c.ok);
     if (broken || !manifest) {
+      await undo();
       if (options.fullIfBroken) return this.full(options);
       const b = broken ?? { node: this.#drives[0]?.node ?? '', reason: 'no-full-backup' as const, detail: 'no manifest' };
       const d = this.#drives.find((x) => x.node === b.node);
@@ -380,44 +406,29 @@ abstract class BackupChainBase {
         b.detail ?? 'the chain cannot be continued',
       );
     }
-    const run = randomUUID();
+    if (preparation.status === 'rejected') throw preparation.reason;
+    const prepared = preparation.value as PreparedDrive[];
+    const created = prepared.map((p) => p.target);
+    try {
+      // A drive that grew gets a target of its new size.
+      for (const [i, p] of prepared.entries()) {
+        const size = checks[i]?.driveSize;
+        if (size === undefined || size === p.currentSize) continue;
+        p.currentSize = size;
+        await rm(p.target, { force: true });
+        await this.#createTarget(p.target, this.#layerImage(p), options);
+      }
+    } catch (error) {
+      await undo();
+      throw error;
+    }
     const tx = new Transaction();
     if (this.#drives.length > 1) tx.completionMode('grouped');
-    const prepared: PreparedDrive[] = [];
-    for (const [i, d] of this.#drives.entries()) {
-      const drive = manifest.drives.find((m) => m.node === d.node) as ManifestDrive;
-      const base = lastBase(drive) as ManifestBackup;
-      const seq = String(drive.backups.length).padStart(3, '0');
-      const suffix = kind === 'incremental' ? 'inc' : 'diff';
-      const target = join(this.dir, `${sanitize(d.node)}.${manifest.chainId.slice(0, 8)}.${seq}.${suffix}.qcow2`);
-      const size = checks[i]?.driveSize ?? drive.driveSize;
-      prepared.push({ options: d, drive, target, parent: base.file, currentSize: size });
-      const args = this.#backupArgs(d.node, target, kind === 'incremental' ? 'incremental' : 'bitmap', run, options);
-      args.bitmap = drive.bitmap;
+    for (const p of prepared) {
+      const args = this.#backupArgs(p.options.node, p.target, kind === 'incremental' ? 'incremental' : 'bitmap', run, options);
+      args.bitmap = p.drive.bitmap;
       if (kind === 'differential') args['bitmap-mode'] = 'never';
-      tx.driveBackup(args, this.#jobOptions(d.node, options));
-    }
-    const created: string[] = [];
-    // Targets and the pending mark are written side by side: both must be in place before
-    // the transaction, neither depends on the other.
-    const creations = prepared.map(async (p) => {
-      const parentFile = basename(p.parent ?? '') === p.parent ? p.parent : resolveBackupFile(this.manifestPath, p.parent ?? '');
-      // The backing file is named relative to the target (same directory), so the chain can be moved as a whole.
-      await this.#createTarget(p.target, { size: p.currentSize, backingFile: parentFile, backingFormat: 'qcow2' }, options, {
-        overwrite: options.overwrite === true,
-      });
-      created.push(p.target);
-    });
-    const marking = this.#markPending(manifest, { run, kind, created: prepared.map((p) => p.target) });
-    const outcomes = await Promise.allSettled([marking, ...creations]);
-    const setupFailure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    if (setupFailure) {
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      if (outcomes[0]?.status === 'fulfilled') {
-        await writeManifest(this.manifestPath, manifest);
-        this.#manifest = manifest;
-      }
-      throw setupFailure.reason;
+      tx.driveBackup(args, this.#jobOptions(p.options.node, options));
     }
     const results = await this.#runTransaction(tx, options, created, manifest);
     // The job that failed explains the run better than the ones cancelled because of it.
@@ -445,6 +456,50 @@ abstract class BackupChainBase {
     await writeManifest(this.manifestPath, next);
     this.#manifest = next;
     return { kind, run, chainId: next.chainId, backups, results, elapsedMs: performance.now() - started };
+  }
+
+  /**
+   * Create every drive's target (sized as the manifest last saw the drive) and mark the run
+   * pending in the manifest, side by side. On failure, what was done is undone.
+   */
+  async #prepareLayer(
+    manifest: Manifest,
+    kind: 'incremental' | 'differential',
+    run: string,
+    options: ChainIncrementalOptions,
+  ): Promise<PreparedDrive[]> {
+    const prepared: PreparedDrive[] = this.#drives.map((d) => {
+      const drive = manifest.drives.find((m) => m.node === d.node) as ManifestDrive;
+      const base = lastBase(drive) as ManifestBackup;
+      const seq = String(drive.backups.length).padStart(3, '0');
+      const suffix = kind === 'incremental' ? 'inc' : 'diff';
+      const target = join(this.dir, `${sanitize(d.node)}.${manifest.chainId.slice(0, 8)}.${seq}.${suffix}.qcow2`);
+      return { options: d, drive, target, parent: base.file, currentSize: drive.driveSize };
+    });
+    const created: string[] = [];
+    const creations = prepared.map(async (p) => {
+      await this.#createTarget(p.target, this.#layerImage(p), options, { overwrite: options.overwrite === true });
+      created.push(p.target);
+    });
+    const marking = this.#markPending(manifest, { run, kind, created: prepared.map((p) => p.target) });
+    const outcomes = await Promise.allSettled([marking, ...creations]);
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failure) {
+      await Promise.all(created.map((f) => rm(f, { force: true })));
+      if (outcomes[0]?.status === 'fulfilled') {
+        await writeManifest(this.manifestPath, manifest);
+        this.#manifest = manifest;
+      }
+      throw failure.reason;
+    }
+    return prepared;
+  }
+
+  /** The qcow2 image of a layered backup: its parent as backing file, named relative to it (same directory). */
+  #layerImage(p: PreparedDrive): Qcow2CreateOptions {
+    const parent = p.parent ?? '';
+    const backingFile = basename(parent) === parent ? parent : resolveBackupFile(this.manifestPath, parent);
+    return { size: p.currentSize, backingFile, backingFormat: 'qcow2' };
   }
 
   /** qemu-img check every image and compare the chain with the source (see `verifyChain`). */

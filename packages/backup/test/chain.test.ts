@@ -150,15 +150,21 @@ describe('BackupChain against QEMU', () => {
     await chain.full();
     await hmpWrites(vm, 'drive0', [[0x5a, '4M', '4M']]);
     const controller = new AbortController();
+    let jobId = '';
     const outcome = await chain
       .incremental({
         speed: 512 * 1024,
         signal: controller.signal,
-        onJob: (job) => void job.waitForStatus('running').then(() => controller.abort()),
+        onJob: (job) => {
+          jobId = job.id;
+          void job.waitForStatus('running').then(() => controller.abort());
+        },
       })
       .catch((e: unknown) => e);
     expect(JobTrackingError.isInstance(outcome)).toBe(true);
     expect(chain.manifest?.pending?.kind).toBe('incremental');
+    // The pending run is the one whose job was lost (job ids carry the run).
+    expect(jobId).toBe(`qmpkit-drive0-${chain.manifest?.pending?.run.slice(0, 8) ?? 'none'}`);
     // The abandoned job was cancelled and its events taken: none is left for others to trip on.
     expect(await vm.qmp.execute('query-jobs')).toEqual([]);
     expect(vm.qmp.events.drain(['JOB_STATUS_CHANGE', 'BLOCK_JOB_CANCELLED', 'BLOCK_JOB_COMPLETED'])).toEqual([]);

@@ -9,12 +9,12 @@ import {
   type JobResult,
 } from '@qmpkit/backup';
 import { parseSize, QemuIo, type CompareResult } from '@qmpkit/image-tools';
-import type { QemuMachine } from '@qmpkit/machine';
+import type { MachineQmpClient, QemuMachine } from '@qmpkit/machine';
 import type { BlockdevOptions, DriveBackup } from '@qmpkit/schema';
 
 import { expectEqual, expectFields, expectTrue } from '../assert.js';
 import type { CaseContext } from '../context.js';
-import { createImageInQemu, typedQmp, type TypedQmp } from '../sdk-gaps.js';
+import { createImageInQemu } from '../sdk-gaps.js';
 import { CaseAssertionError } from '../errors.js';
 
 // The bookkeeping of an incremental-backup case: drives, bitmaps and the chain of
@@ -167,8 +167,8 @@ export class Scenario {
     this.vm = ctx.newMachine();
   }
 
-  get qmp(): TypedQmp {
-    return typedQmp(this.vm);
+  get qmp(): MachineQmpClient {
+    return this.vm.qmp;
   }
 
   /** Call options: every QMP call and tool run of a case ends with the case's signal. */
