@@ -5,6 +5,8 @@ import { QmpProtocolError } from '@qmpkit/client';
 import { QemuLaunchError, type MachineQmpClient, type QemuMachine } from '@qmpkit/machine';
 import type { BlockdevCreateOptions } from '@qmpkit/schema';
 
+import { writeFile } from 'node:fs/promises';
+
 import { ImageCreateError } from './errors.js';
 
 /** What `createImageInQemu` creates: a qcow2 image, as `qemu-img create -f qcow2` would. */
@@ -68,33 +70,30 @@ async function runCreateJob(
  * @qmpkit/machine): create a qcow2 image through the running QEMU with `blockdev-create`,
  * instead of spawning `qemu-img create`. The image is made by the same qcow2 code with the
  * same defaults (v3, 64 KiB clusters unless given, 16-bit refcounts, zlib, no extended L2),
- * but costs two short jobs inside QEMU (~1 ms) instead of a process (~25 ms CPU, and on a
- * busy machine a blocked Node event loop while it is forked). The cases create their
- * backup targets this way; images that exist before QEMU starts still come from qemu-img.
+ * but costs one short job inside QEMU (~8 ms CPU) instead of a process (~25 ms CPU plus the
+ * fork of the Node process). The empty file is created here, as the file protocol's own
+ * create would (size 0); the qcow2 job opens it through an inline `file` node that QEMU
+ * closes when the job ends.
  */
 export async function createImageInQemu(qmp: MachineQmpClient, spec: InQemuImageSpec, call: CallOptions = {}): Promise<void> {
-  const tag = `qmpkit-create-${process.pid}-${createSerial++}`;
-  await runCreateJob(qmp, `${tag}-file`, spec.filename, { driver: 'file', filename: spec.filename, size: 0 }, call);
-  await qmp.execute('blockdev-add', { driver: 'file', 'node-name': tag, filename: spec.filename }, call);
-  try {
-    await runCreateJob(
-      qmp,
-      `${tag}-qcow2`,
-      spec.filename,
-      {
-        driver: 'qcow2',
-        file: tag,
-        size: spec.size,
-        ...(spec.clusterSize === undefined ? {} : { 'cluster-size': spec.clusterSize }),
-        ...(spec.backingFile === undefined
-          ? {}
-          : { 'backing-file': spec.backingFile, 'backing-fmt': spec.backingFormat ?? 'qcow2' }),
-      },
-      call,
-    );
-  } finally {
-    await qmp.execute('blockdev-del', { 'node-name': tag }, call);
-  }
+  const id = `qmpkit-create-${process.pid}-${createSerial++}`;
+  // Truncates an existing file, as qemu-img create does.
+  await writeFile(spec.filename, '', call.signal === undefined ? {} : { signal: call.signal });
+  await runCreateJob(
+    qmp,
+    id,
+    spec.filename,
+    {
+      driver: 'qcow2',
+      file: { driver: 'file', filename: spec.filename },
+      size: spec.size,
+      ...(spec.clusterSize === undefined ? {} : { 'cluster-size': spec.clusterSize }),
+      ...(spec.backingFile === undefined
+        ? {}
+        : { 'backing-file': spec.backingFile, 'backing-fmt': spec.backingFormat ?? 'qcow2' }),
+    },
+    call,
+  );
 }
 
 /** Whether `error` (or one of its causes) is the client refusing an event that came before the greeting. */
