@@ -27,6 +27,7 @@ module.exports = function jestConfig(dir, overrides = {}) {
     },
     cacheDirectory: path.join(__dirname, 'node_modules', '.cache', 'jest'),
     testTimeout: 60_000,
+    reporters: ['default', path.join(__dirname, 'scripts', 'jest-results-reporter.cjs')],
     ...overrides,
   };
 };

@@ -4,7 +4,7 @@
 // Every step is idempotent, so `npm test` and `npm run conformance` work on a fresh
 // machine and cost a few seconds on a prepared one.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -77,6 +77,23 @@ export function setup() {
 
 const turbo = (...args) => mustRun('pnpm', ['exec', 'turbo', 'run', ...args, '--output-logs=errors-only']);
 
+// Each package's jest run (and the packaging test) leaves its counts in `dir`; one closing line
+// over all of them is what CI reads. A package whose jest crashed before reporting counts as a failure.
+function summarizeTests(dir, allExitedCleanly) {
+  const totals = { passed: 0, failed: 0, skipped: 0 };
+  for (const file of readdirSync(dir).sort()) {
+    const record = JSON.parse(readFileSync(join(dir, file), 'utf8'));
+    totals.passed += record.passed;
+    totals.failed += record.failed;
+    totals.skipped += record.skipped;
+    log(`${record.name}: ${record.passed} passed, ${record.failed} failed${record.skipped ? `, ${record.skipped} skipped` : ''}`);
+  }
+  if (!allExitedCleanly && totals.failed === 0) totals.failed = 1;
+  const skipped = totals.skipped > 0 ? `, ${totals.skipped} skipped` : '';
+  process.stdout.write(`${totals.passed} passed, ${totals.failed} failed${skipped}\n`);
+  return totals.failed === 0 && allExitedCleanly ? 0 : 1;
+}
+
 const tasks = {
   setup: () => {},
   build: () => turbo('build'),
@@ -84,9 +101,14 @@ const tasks = {
   // Tests of different packages start QEMU and spawn qemu-img; on two cores they are run one
   // package at a time so timeouts measure QEMU, not contention between suites.
   test: (extra) => {
+    const resultsDir = join(root, 'node_modules', '.cache', 'qmpkit-test-results');
+    rmSync(resultsDir, { recursive: true, force: true });
+    mkdirSync(resultsDir, { recursive: true });
+    env.QMPKIT_TEST_RESULTS_DIR = resultsDir;
     turbo('build', 'typecheck');
-    turbo('test', '--concurrency=1', ...extra);
-    mustRun('node', ['scripts/test-packaging.mjs']);
+    const testStatus = run('pnpm', ['exec', 'turbo', 'run', 'test', '--concurrency=1', '--continue', '--output-logs=new-only', ...extra]);
+    const packagingStatus = run('node', ['scripts/test-packaging.mjs']);
+    process.exit(summarizeTests(resultsDir, testStatus === 0 && packagingStatus === 0));
   },
   conformance: (extra) => {
     const cli = join(root, 'apps/conformance/src/cli.ts');

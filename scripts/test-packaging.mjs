@@ -17,7 +17,7 @@
 // Scratch directories live under os.tmpdir() and are removed at the end, also on failure.
 // Exit status is non-zero if anything failed; a summary table is printed last.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -247,4 +247,12 @@ try {
 const failed = results.filter((r) => !r.ok);
 process.stdout.write(`\n[packaging] summary: ${results.length - failed.length} passed, ${failed.length} failed\n`);
 for (const r of failed) process.stdout.write(`[packaging]   FAIL ${r.pkg}: ${r.check}\n`);
+if (process.env.QMPKIT_TEST_RESULTS_DIR) {
+  // Picked up by scripts/run.mjs for the closing line of `npm test`.
+  mkdirSync(process.env.QMPKIT_TEST_RESULTS_DIR, { recursive: true });
+  writeFileSync(
+    join(process.env.QMPKIT_TEST_RESULTS_DIR, 'packaging.json'),
+    JSON.stringify({ name: 'packaging', passed: results.length - failed.length, failed: failed.length + (crashed ? 1 : 0), skipped: 0 }) + '\n',
+  );
+}
 process.exitCode = failed.length > 0 || crashed ? 1 : 0;

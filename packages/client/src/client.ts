@@ -1,4 +1,6 @@
+import { watch, type FSWatcher } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
+import { basename, dirname } from 'node:path';
 import type { Duplex } from 'node:stream';
 import {
   QmpAbortError,
@@ -9,12 +11,13 @@ import {
   QmpTimeoutError,
 } from './errors.js';
 import { qmpCommandInfo, type QmpCommandInfo, type QmpCommands, type QmpEvents } from '@qmpkit/schema';
-import { QmpEventHub, kDispatch, kEnd, type EventSpecs } from './events.js';
+import { QmpEventHub, kDispatch, kEnd, type EventHubOptions, type EventSpecs } from './events.js';
 import {
   classifyServerMessage,
   isErrorReply,
   type QmpCommandMessage,
   type QmpGreeting,
+  type QmpRawEvent,
   type QmpReply,
   type QmpVersion,
 } from './messages.js';
@@ -57,6 +60,18 @@ export type QmpTranscriptEntry =
       message: unknown;
       /** Set when the message was not delivered: a reply whose id matches no pending command. */
       dropped?: 'unknown-id';
+    }
+  | {
+      /**
+       * Not traffic: a buffered event (received, and recorded as `in`, earlier) was evicted
+       * from the full history buffer, so later waits and `drain()` will not see it.
+       */
+      direction: 'evicted';
+      time: number;
+      /** The evicted event as it was buffered (`data` is `{}` when QEMU sent none). */
+      message: QmpRawEvent;
+      /** Events evicted on this connection so far, this one included (`events.evicted`). */
+      evicted: number;
     };
 
 export interface ConnectOptions {
@@ -74,7 +89,10 @@ export interface ConnectOptions {
   eventHistorySize?: number;
   /** Largest message accepted from the server, in bytes. Default 10 MiB. */
   maxMessageSize?: number;
-  /** Called with every message sent and received, and with dropped replies. Off by default. */
+  /**
+   * Called with every message sent and received, with dropped replies, and with events
+   * evicted from the full history buffer. Off by default.
+   */
   transcript?: (entry: QmpTranscriptEntry) => void;
   /**
    * Called before sending a command that QEMU 7.2's schema marks `deprecated` (e.g.
@@ -130,24 +148,6 @@ function commandMessage(name: string, args: unknown, id: number, oob: boolean): 
   return message;
 }
 
-function delay(ms: number, signal: AbortSignal | undefined, operation: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(new QmpAbortError(operation, signal.reason));
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(new QmpAbortError(operation, signal?.reason));
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
 function openSocketOnce(target: string | { path: string } | { host: string; port: number }): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = typeof target === 'string'
@@ -167,6 +167,100 @@ function openSocketOnce(target: string | { path: string } | { host: string; port
   });
 }
 
+// Retries start at 1 ms and stay short: a QEMU being launched creates its socket within
+// milliseconds, and each retry costs only a failed connect(), so a long back-off would
+// mostly add latency to every launch.
+const FIRST_RETRY_DELAY = 1;
+const MAX_RETRY_DELAY = 10;
+
+/**
+ * Watches the directory of a unix socket path so that a retry waiting for the socket wakes
+ * as soon as QEMU creates it, instead of at the next poll. The poll stays as the fallback:
+ * inotify may be unavailable or out of watches, and a socket that exists but is not yet
+ * listening (ECONNREFUSED) changes nothing in the directory.
+ */
+class SocketFileWatch {
+  readonly #watcher: FSWatcher;
+  #changed = false;
+  #wake: (() => void) | undefined;
+
+  private constructor(directory: string, name: string) {
+    this.#watcher = watch(directory, { persistent: false }, (_type, filename) => {
+      // Without a filename (allowed by the platform) any change may be the socket.
+      if (filename !== null && filename !== name) return;
+      this.#changed = true;
+      this.#wake?.();
+    });
+    // The directory may be removed while watched; polling still covers that case.
+    this.#watcher.on('error', () => this.close());
+  }
+
+  /** A watch on `path`'s directory, or undefined when it cannot be watched (e.g. it does not exist yet). */
+  static open(path: string): SocketFileWatch | undefined {
+    try {
+      return new SocketFileWatch(dirname(path), basename(path));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Forgets earlier changes; called before each attempt so only newer ones wake the retry. */
+  reset(): void {
+    this.#changed = false;
+  }
+
+  /** Whether the socket's name changed since the last `reset()`. */
+  get changed(): boolean {
+    return this.#changed;
+  }
+
+  set onChange(wake: (() => void) | undefined) {
+    this.#wake = wake;
+  }
+
+  close(): void {
+    this.#wake = undefined;
+    this.#watcher.close();
+  }
+}
+
+/**
+ * Waits `ms` before the next connect attempt, or less when `watch` sees the socket appear.
+ * Resolves true when woken by the watch.
+ */
+function pauseBeforeRetry(ms: number, signal: AbortSignal | undefined, operation: string, watch: SocketFileWatch | undefined): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(new QmpAbortError(operation, signal.reason));
+      return;
+    }
+    if (watch?.changed) {
+      resolve(true);
+      return;
+    }
+    const finish = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      if (watch) watch.onChange = undefined;
+    };
+    const onAbort = (): void => {
+      finish();
+      reject(new QmpAbortError(operation, signal?.reason));
+    };
+    const timer = setTimeout(() => {
+      finish();
+      resolve(false);
+    }, ms);
+    if (watch) {
+      watch.onChange = () => {
+        finish();
+        resolve(true);
+      };
+    }
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 /**
  * Connects, retrying while the socket does not exist yet or refuses: QEMU creates its
  * listening socket a little after the process starts, so the first attempts often fail.
@@ -178,24 +272,35 @@ async function openSocket(
   signal: AbortSignal | undefined,
 ): Promise<Socket> {
   const operation = `connect to ${describeTarget(target)}`;
-  let wait = 5;
-  for (;;) {
-    if (signal?.aborted) throw new QmpAbortError(operation, signal.reason);
-    let lastError: NodeJS.ErrnoException;
-    try {
-      const socket = await raceDeadline(openSocketOnce(target), deadline, connectTimeout, signal, operation, (s) => s.destroy());
-      return socket;
-    } catch (error) {
-      if (QmpTimeoutError.isInstance(error) || QmpAbortError.isInstance(error)) throw error;
-      lastError = error as NodeJS.ErrnoException;
-      if (!RETRYABLE_CONNECT_ERRORS.has(lastError.code ?? '')) {
-        throw new QmpConnectionError(`cannot ${operation}: ${lastError.message}`, { cause: lastError });
+  const path = typeof target === 'string' ? target : 'path' in target ? target.path : undefined;
+  let watch: SocketFileWatch | undefined;
+  let wait = FIRST_RETRY_DELAY;
+  try {
+    for (;;) {
+      if (signal?.aborted) throw new QmpAbortError(operation, signal.reason);
+      watch?.reset();
+      let lastError: NodeJS.ErrnoException;
+      try {
+        const socket = await raceDeadline(openSocketOnce(target), deadline, connectTimeout, signal, operation, (s) => s.destroy());
+        return socket;
+      } catch (error) {
+        if (QmpTimeoutError.isInstance(error) || QmpAbortError.isInstance(error)) throw error;
+        lastError = error as NodeJS.ErrnoException;
+        if (!RETRYABLE_CONNECT_ERRORS.has(lastError.code ?? '')) {
+          throw new QmpConnectionError(`cannot ${operation}: ${lastError.message}`, { cause: lastError });
+        }
       }
+      // Opened late, once the socket is known to be missing, so an already-running QEMU costs
+      // no watch; retried on each miss because the directory itself may appear later.
+      if (path !== undefined && watch === undefined && lastError.code === 'ENOENT') watch = SocketFileWatch.open(path);
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) throw new QmpTimeoutError(operation, connectTimeout, { cause: lastError });
+      const woken = await pauseBeforeRetry(Math.min(wait, remaining), signal, operation, watch);
+      // After the socket appears QEMU may still be between bind() and listen(): retry quickly.
+      wait = woken ? FIRST_RETRY_DELAY : Math.min(wait * 2, MAX_RETRY_DELAY);
     }
-    const remaining = deadline - Date.now();
-    if (remaining <= 0) throw new QmpTimeoutError(operation, connectTimeout, { cause: lastError });
-    await delay(Math.min(wait, remaining), signal, operation);
-    wait = Math.min(wait * 2, 100);
+  } finally {
+    watch?.close();
   }
 }
 
@@ -277,7 +382,12 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     this.#transcript = options.transcript;
     this.#commandTimeout = options.commandTimeout;
     this.#onDeprecatedCommand = options.onDeprecatedCommand;
-    this.events = new QmpEventHub<E>(options.eventHistorySize === undefined ? {} : { historySize: options.eventHistorySize });
+    const hubOptions: EventHubOptions<E> = {};
+    if (options.eventHistorySize !== undefined) hubOptions.historySize = options.eventHistorySize;
+    if (this.#transcript) {
+      hubOptions.onEvict = (event, evicted) => this.#record({ direction: 'evicted', time: Date.now(), message: event, evicted });
+    }
+    this.events = new QmpEventHub<E>(hubOptions);
     this.#closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
@@ -565,10 +675,14 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
       this.#fail(new QmpConnectionError(`unexpected message from ${this.target}: ${(error as Error).message}`, { cause: error }), true);
       return;
     }
-    if (this.#greetingWaiter && kind.kind !== 'greeting') {
+    // QEMU writes the greeting from a bottom half after the socket is accepted, while events
+    // go to every monitor not in negotiation mode, so an event can come first on a fresh
+    // connection. It is a real event: it goes to the hub (in order) and the greeting is
+    // still awaited. Only a reply before the greeting breaks the protocol.
+    if (this.#greetingWaiter && kind.kind === 'reply') {
       if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
       this.#fail(new QmpConnectionError(`${this.target} did not start with a QMP greeting`, {
-        cause: new QmpProtocolError(`expected a QMP greeting, got a${kind.kind === 'event' ? 'n event' : ' reply'}`, {
+        cause: new QmpProtocolError('expected a QMP greeting, got a reply', {
           excerpt: JSON.stringify(value).slice(0, 200),
         }),
       }), true);

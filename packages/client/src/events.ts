@@ -47,6 +47,16 @@ export interface WaitOptions<T> {
   signal?: AbortSignal;
 }
 
+export interface EventHubOptions<E> {
+  /** Events kept for late waiters and `drain()`. Default 1000; 0 keeps none. */
+  historySize?: number;
+  /**
+   * Called when the full history buffer evicts its oldest event to make room, with that
+   * event and the eviction count so far (this one included).
+   */
+  onEvict?: (event: QmpEventMessage<E>, evicted: number) => void;
+}
+
 export interface StreamOptions {
   /** Events queued for a slow consumer before the stream overflows. Default 1000. */
   capacity?: number;
@@ -113,7 +123,8 @@ function describeNames(names: ReadonlySet<string> | undefined): string {
  *   arrived before the wait began), else the next one to arrive;
  * - `drain()` takes, and `clear()` forgets, what is buffered.
  * An event taken by a waiter is not buffered; one that no waiter matches is buffered
- * (bounded: the oldest is dropped first) so a later waiter or `drain()` still sees it.
+ * so a later waiter or `drain()` still sees it. The buffer is bounded: when it is full the
+ * oldest event is evicted, counted in `evicted` and reported to `onEvict`, never lost unseen.
  */
 export class QmpEventHub<E extends EventSpecs<E> = QmpEvents> {
   readonly historySize: number;
@@ -123,12 +134,15 @@ export class QmpEventHub<E extends EventSpecs<E> = QmpEvents> {
   #history: QmpEventMessage<E>[] = [];
   readonly #waiters = new Set<Waiter<E>>();
   readonly #streams = new Set<StreamSubscriber<E>>();
+  readonly #onEvict: ((event: QmpEventMessage<E>, evicted: number) => void) | undefined;
+  #evicted = 0;
   #ended: { error: QmpConnectionError } | undefined;
 
-  constructor(options: { historySize?: number } = {}) {
+  constructor(options: EventHubOptions<E> = {}) {
     const size = options.historySize ?? 1000;
     if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`historySize must be a non-negative integer, got ${String(size)}`);
     this.historySize = size;
+    this.#onEvict = options.onEvict;
     // One listener per waiter is normal; leave the leak warning to real leaks.
     (this.#emitter as unknown as EventEmitter).setMaxListeners(0);
   }
@@ -166,6 +180,16 @@ export class QmpEventHub<E extends EventSpecs<E> = QmpEvents> {
     if (name === undefined) this.#emitter.removeAllListeners();
     else this.#emitter.removeAllListeners(name);
     return this;
+  }
+
+  /**
+   * How many buffered events the full history buffer has evicted (oldest first) to make
+   * room for newer ones, over the hub's life. Events taken by `wait()`, `drain()` or
+   * `clear()` are not counted, nor events never buffered because `historySize` is 0.
+   * Evicted events did reach listeners and streams; only later waits and `drain()` miss them.
+   */
+  get evicted(): number {
+    return this.#evicted;
   }
 
   /** Events currently buffered, oldest first (a copy; nothing is taken). */
@@ -399,8 +423,21 @@ export class QmpEventHub<E extends EventSpecs<E> = QmpEvents> {
       }
     }
     if (this.historySize === 0) return;
-    if (this.#history.length >= this.historySize) this.#history.shift();
+    const oldest = this.#history.length >= this.historySize ? this.#history.shift() : undefined;
     this.#history.push(event);
+    if (oldest !== undefined) {
+      this.#evicted++;
+      if (this.#onEvict) {
+        // Like a listener, a throwing callback must not break the connection's read loop.
+        try {
+          this.#onEvict(oldest, this.#evicted);
+        } catch (error) {
+          process.nextTick(() => {
+            throw error;
+          });
+        }
+      }
+    }
   }
 
   /**

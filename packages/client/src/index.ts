@@ -15,6 +15,7 @@ export type {
 export { QmpEventHub, matchesPartial } from './events.js';
 export type {
   DeepPartial,
+  EventHubOptions,
   EventMatch,
   EventSpecs,
   LooseEvents,

@@ -9,6 +9,14 @@ export type LooseClient = QmpClient<LooseCommands, LooseEvents>;
 
 export const GREETING = '{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "fake"}, "capabilities": ["oob"]}}\r\n';
 
+/** One QMP event as QEMU writes it, without the line end. */
+export function eventLine(event: string, data?: Record<string, unknown>, seconds = 1): string {
+  const message: Record<string, unknown> = { event };
+  if (data !== undefined) message['data'] = data;
+  message['timestamp'] = { seconds, microseconds: 0 };
+  return JSON.stringify(message);
+}
+
 /**
  * One accepted connection of the scripted server: the test decides byte by byte what
  * the client receives, and reads the commands the client sent.
@@ -50,6 +58,11 @@ export class FakeConnection {
 
   send(data: string | Buffer): Promise<void> {
     return new Promise((resolve, reject) => this.socket.write(data, (error) => (error ? reject(error) : resolve())));
+  }
+
+  /** Sends an event (with `data` when given) stamped with `seconds`, as QEMU frames it. */
+  sendEvent(event: string, data?: Record<string, unknown>, seconds = 1): Promise<void> {
+    return this.send(`${eventLine(event, data, seconds)}\r\n`);
   }
 
   /** Answers the next command with `return` (echoing its id). */

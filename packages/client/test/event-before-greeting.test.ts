@@ -1,0 +1,114 @@
+// Regression: under load, QEMU sometimes wrote an event to a freshly accepted monitor
+// connection before its greeting (the greeting goes out from a bottom half, events go to
+// every monitor not in negotiation mode), and connect() failed with
+// "QmpProtocolError: expected a QMP greeting, got an event".
+import {
+  QmpClient,
+  QmpProtocolError,
+  QmpTimeoutError,
+  type LooseCommands,
+  type LooseEvents,
+  type QmpTranscriptEntry,
+} from '../src/index.js';
+import { FakeQmpServer, GREETING, eventLine, type LooseClient } from './support/fake-server.js';
+
+let server: FakeQmpServer;
+const clients: LooseClient[] = [];
+
+beforeEach(async () => {
+  server = await FakeQmpServer.start();
+});
+
+afterEach(async () => {
+  for (const client of clients.splice(0)) await client.close({ timeout: 100 });
+  await server.close();
+});
+
+function connect(options: { transcript?: (entry: QmpTranscriptEntry) => void; connectTimeout?: number } = {}): Promise<LooseClient> {
+  return QmpClient.connect<LooseCommands, LooseEvents>(server.path, { connectTimeout: 5000, ...options }).then((client) => {
+    clients.push(client);
+    return client;
+  });
+}
+
+function errorOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    (value) => {
+      throw new Error(`expected a rejection, got ${String(value)}`);
+    },
+    (error: unknown) => error,
+  );
+}
+
+test('an event before the greeting is delivered to the event hub and connect succeeds', async () => {
+  const transcript: QmpTranscriptEntry[] = [];
+  const accepted = server.accept();
+  const pending = connect({ transcript: (entry) => transcript.push(entry) });
+  const connection = await accepted;
+  await connection.sendEvent('RESUME', undefined, 1);
+  await connection.sendEvent('BLOCK_IO_ERROR', { device: 'drive0', operation: 'write', action: 'report' }, 2);
+  await connection.send(GREETING);
+  const command = await connection.receive();
+  expect(command['execute']).toBe('qmp_capabilities');
+  // Still negotiating: QEMU does not send events now, but one that does come is kept too.
+  await connection.sendEvent('STOP', undefined, 3);
+  await connection.send(`{"return": {}, "id": ${JSON.stringify(command['id'])}}\n`);
+  const client = await pending;
+
+  expect(client.state).toBe('ready');
+  expect(client.version.qemu).toEqual({ major: 7, minor: 2, micro: 0 });
+  const stop = await client.events.wait('STOP', { timeout: 1000 });
+  expect(stop.timestamp.seconds).toBe(3);
+  expect(client.events.drain().map((e) => [e.event, e.data, e.timestamp.seconds])).toEqual([
+    ['RESUME', {}, 1],
+    ['BLOCK_IO_ERROR', { device: 'drive0', operation: 'write', action: 'report' }, 2],
+  ]);
+  // Recorded in arrival order, before the greeting.
+  expect(transcript.map((e) => (e.direction === 'out' ? `out ${e.message.execute ?? ''}` : `${e.direction} ${Object.keys(e.message as object)[0] ?? ''}`))).toEqual([
+    'in event',
+    'in event',
+    'in QMP',
+    'out qmp_capabilities',
+    'in event',
+    'in return',
+  ]);
+});
+
+test('an event in the same chunk as the greeting is delivered before later events', async () => {
+  const accepted = server.accept();
+  const pending = connect();
+  const connection = await accepted;
+  await connection.send(`${eventLine('RESUME', undefined, 1)}\r\n${GREETING}`);
+  await connection.reply({});
+  const client = await pending;
+  const seen: string[] = [];
+  client.events.on('event', (e) => seen.push(e.event));
+  await connection.sendEvent('STOP', undefined, 2);
+  await expect(client.events.wait('STOP', { timeout: 1000 })).resolves.toMatchObject({ event: 'STOP' });
+  expect(seen).toEqual(['STOP']);
+  await expect(client.events.wait('RESUME', { timeout: 1000 })).resolves.toMatchObject({ timestamp: { seconds: 1 } });
+});
+
+test('events without a greeting still end in a connect timeout', async () => {
+  const accepted = server.accept();
+  const pending = errorOf(connect({ connectTimeout: 200 }));
+  const connection = await accepted;
+  await connection.sendEvent('RESUME');
+  const error = await pending;
+  expect(QmpTimeoutError.isInstance(error)).toBe(true);
+  expect((error as Error).message).toMatch(/greeting/);
+});
+
+test.each([
+  ['a reply after an event', `${eventLine('RESUME')}\n{"return": {}, "id": 1}\n`, /expected a QMP greeting, got a reply/],
+  ['malformed JSON', 'Hello, this is not QMP\n', /malformed QMP stream/],
+  ['a message of no known kind', '{"hello": "world"}\n', /no known QMP kind/],
+])('%s before the greeting is a QmpProtocolError', async (_name, bytes, message) => {
+  const accepted = server.accept();
+  const pending = errorOf(connect());
+  const connection = await accepted;
+  await connection.send(bytes);
+  const error = await pending;
+  expect(QmpProtocolError.isInstance(error)).toBe(true);
+  expect((error as Error).message).toMatch(message);
+});
