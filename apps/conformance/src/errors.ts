@@ -124,26 +124,6 @@ export class RunAbortedError extends ConformanceError {
   }
 }
 
-/** QEMU could not create an image (`blockdev-create` job ended in error); `qemuError` says why. */
-export class ImageCreateError extends ConformanceError {
-  static override isInstance(value: unknown): value is ImageCreateError {
-    return hasBrand(value, Symbol.for('qmpkit.conformance.ImageCreateError'));
-  }
-
-  readonly jobId: string;
-  readonly filename: string;
-  readonly qemuError: string;
-
-  constructor(jobId: string, filename: string, qemuError: string) {
-    super(`creating ${filename} in QEMU failed (blockdev-create job ${jobId}): ${qemuError}`);
-    this.name = 'ImageCreateError';
-    this.jobId = jobId;
-    this.filename = filename;
-    this.qemuError = qemuError;
-    setBrand(this, 'ImageCreateError');
-  }
-}
-
 /** Compact rendering of an expected/actual value for a one-line failure message. */
 export function show(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);

@@ -23,6 +23,5 @@ export {
   CaseTimeoutError,
   CliUsageError,
   ConformanceError,
-  ImageCreateError,
   RunAbortedError,
 } from './errors.js';

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { access, mkdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
+import { UnsupportedQcow2LayoutError, createQcow2Image, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
 import { checkGranularity, removeBitmap, resolveNode } from './bitmaps.js';
 import type { BitmapStatus } from './bitmaps.js';
@@ -23,8 +23,6 @@ import {
   writeManifest,
 } from './manifest.js';
 import type { BackupKind, Manifest, ManifestBackup, ManifestDrive } from './manifest.js';
-import { canCreateInProcess, createQcow2 } from './qcow2.js';
-import type { Qcow2CreateOptions } from './qcow2.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import { Transaction } from './transaction.js';
 import { restoreChain, verifyChain } from './verify.js';
@@ -90,6 +88,13 @@ export interface DriveCheck {
   detail?: string;
   bitmap?: BitmapStatus;
   driveSize?: number;
+}
+
+/** An empty qcow2 backup target: its virtual size and, for a layered backup, its parent. */
+interface TargetImage {
+  size: number;
+  backingFile?: string;
+  backingFormat?: string;
 }
 
 interface PreparedDrive {
@@ -496,7 +501,7 @@ abstract class BackupChainBase {
   }
 
   /** The qcow2 image of a layered backup: its parent as backing file, named relative to it (same directory). */
-  #layerImage(p: PreparedDrive): Qcow2CreateOptions {
+  #layerImage(p: PreparedDrive): TargetImage {
     const parent = p.parent ?? '';
     const backingFile = basename(parent) === parent ? parent : resolveBackupFile(this.manifestPath, parent);
     return { size: p.currentSize, backingFile, backingFormat: 'qcow2' };
@@ -528,32 +533,41 @@ abstract class BackupChainBase {
   /**
    * Create an empty qcow2 target. The file is created exclusively, so an existing one is
    * found without a separate look-up: `TargetExistsError`, or replaced with `overwrite`.
+   * Targets are written in-process (image-tools' `createQcow2Image`: the bytes qemu-img would
+   * write, without a process per incremental); a layout it leaves to qemu-img goes there.
    */
   async #createTarget(
     target: string,
-    image: Qcow2CreateOptions,
+    image: TargetImage,
     options: CallOptions,
     how: { overwrite: boolean } = { overwrite: false },
   ): Promise<void> {
-    if (canCreateInProcess(image)) {
-      try {
-        await createQcow2(target, image);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-        if (!how.overwrite) throw new TargetExistsError(target);
-        await rm(target, { force: true });
-        await createQcow2(target, image);
-      }
+    const call = this.#callOptions(options);
+    try {
+      await this.#createInProcess(target, image, call, how.overwrite);
       return;
+    } catch (error) {
+      if (!UnsupportedQcow2LayoutError.isInstance(error)) throw error;
     }
     await this.#claimTarget(target, how.overwrite);
-    const create: Parameters<QemuImg['create']>[1] = { format: 'qcow2', size: image.size, ...this.#callOptions(options) };
+    const create: Parameters<QemuImg['create']>[1] = { format: 'qcow2', size: image.size, ...call };
     if (image.backingFile !== undefined) {
       create.backingFile = image.backingFile;
       create.backingFormat = image.backingFormat ?? 'qcow2';
       create.unsafe = true;
     }
     await this.#qemuImg.create(target, create);
+  }
+
+  async #createInProcess(target: string, image: TargetImage, call: CallOptions, overwrite: boolean): Promise<void> {
+    try {
+      await createQcow2Image(target, image, call);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      if (!overwrite) throw new TargetExistsError(target);
+      await rm(target, { force: true });
+      await createQcow2Image(target, image, call);
+    }
   }
 
   async #claimTarget(target: string, overwrite: boolean): Promise<void> {

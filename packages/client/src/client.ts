@@ -228,20 +228,25 @@ class SocketFileWatch {
  * Waits `ms` before the next connect attempt, or less when `watch` sees the socket appear.
  * Resolves true when woken by the watch.
  */
-function pauseBeforeRetry(ms: number, signal: AbortSignal | undefined, operation: string, watch: SocketFileWatch | undefined): Promise<boolean> {
+function pauseBeforeRetry(
+  ms: number,
+  signal: AbortSignal | undefined,
+  operation: string,
+  socketWatch: SocketFileWatch | undefined,
+): Promise<boolean> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) {
       reject(new QmpAbortError(operation, signal.reason));
       return;
     }
-    if (watch?.changed) {
+    if (socketWatch?.changed) {
       resolve(true);
       return;
     }
     const finish = (): void => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
-      if (watch) watch.onChange = undefined;
+      if (socketWatch) socketWatch.onChange = undefined;
     };
     const onAbort = (): void => {
       finish();
@@ -251,8 +256,8 @@ function pauseBeforeRetry(ms: number, signal: AbortSignal | undefined, operation
       finish();
       resolve(false);
     }, ms);
-    if (watch) {
-      watch.onChange = () => {
+    if (socketWatch) {
+      socketWatch.onChange = () => {
         finish();
         resolve(true);
       };
@@ -273,12 +278,12 @@ async function openSocket(
 ): Promise<Socket> {
   const operation = `connect to ${describeTarget(target)}`;
   const path = typeof target === 'string' ? target : 'path' in target ? target.path : undefined;
-  let watch: SocketFileWatch | undefined;
+  let socketWatch: SocketFileWatch | undefined;
   let wait = FIRST_RETRY_DELAY;
   try {
     for (;;) {
       if (signal?.aborted) throw new QmpAbortError(operation, signal.reason);
-      watch?.reset();
+      socketWatch?.reset();
       let lastError: NodeJS.ErrnoException;
       try {
         const socket = await raceDeadline(openSocketOnce(target), deadline, connectTimeout, signal, operation, (s) => s.destroy());
@@ -292,15 +297,15 @@ async function openSocket(
       }
       // Opened late, once the socket is known to be missing, so an already-running QEMU costs
       // no watch; retried on each miss because the directory itself may appear later.
-      if (path !== undefined && watch === undefined && lastError.code === 'ENOENT') watch = SocketFileWatch.open(path);
+      if (path !== undefined && socketWatch === undefined && lastError.code === 'ENOENT') socketWatch = SocketFileWatch.open(path);
       const remaining = deadline - Date.now();
       if (remaining <= 0) throw new QmpTimeoutError(operation, connectTimeout, { cause: lastError });
-      const woken = await pauseBeforeRetry(Math.min(wait, remaining), signal, operation, watch);
+      const woken = await pauseBeforeRetry(Math.min(wait, remaining), signal, operation, socketWatch);
       // After the socket appears QEMU may still be between bind() and listen(): retry quickly.
       wait = woken ? FIRST_RETRY_DELAY : Math.min(wait * 2, MAX_RETRY_DELAY);
     }
   } finally {
-    watch?.close();
+    socketWatch?.close();
   }
 }
 

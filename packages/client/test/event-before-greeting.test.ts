@@ -74,7 +74,7 @@ test('an event before the greeting is delivered to the event hub and connect suc
   ]);
 });
 
-test('an event in the same chunk as the greeting is delivered before later events', async () => {
+test('an event in the same chunk as the greeting stays buffered for a later wait', async () => {
   const accepted = server.accept();
   const pending = connect();
   const connection = await accepted;

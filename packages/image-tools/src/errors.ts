@@ -155,6 +155,65 @@ export class QemuIoError extends ToolError {
   }
 }
 
+const LAYOUT_BRAND = Symbol.for('qmpkit.image-tools.UnsupportedQcow2LayoutError');
+
+/** What `createQcow2Image` cannot lay out itself (qemu-img can, or reports its own error). */
+export type UnsupportedQcow2LayoutReason =
+  /** the metadata would need more than the first refcount block (small clusters, large image) */
+  | 'refcount-block-overflow'
+  /** more L1 entries than QEMU allows (32 MiB of L1 table) */
+  | 'l1-table-too-large'
+  /** the backing file name is longer than the 1023 bytes QEMU reads */
+  | 'backing-file-name-too-long'
+  /** the backing format name is longer than the 15 bytes QEMU reads */
+  | 'backing-format-too-long'
+  /** header, header extensions and backing file name do not fit the first cluster */
+  | 'header-overflow';
+
+/**
+ * `createQcow2Image` was asked for an image whose layout it does not write. Nothing was
+ * created; `qemuImg.create` with the same options is the fallback.
+ */
+export class UnsupportedQcow2LayoutError extends ImageToolsError {
+  readonly file: string;
+  readonly reason: UnsupportedQcow2LayoutReason;
+
+  constructor(file: string, reason: UnsupportedQcow2LayoutReason, detail: string) {
+    super(`cannot create ${file} in-process (${reason}): ${detail}; use qemuImg.create instead`);
+    this.name = 'UnsupportedQcow2LayoutError';
+    setBrand(this, LAYOUT_BRAND);
+    this.file = file;
+    this.reason = reason;
+  }
+
+  static override isInstance(value: unknown): value is UnsupportedQcow2LayoutError {
+    return hasBrand(value, LAYOUT_BRAND);
+  }
+}
+
+const ABORT_BRAND = Symbol.for('qmpkit.image-tools.ImageToolsAbortError');
+
+/**
+ * An in-process operation (no tool involved) was stopped by its `signal` or `timeout`;
+ * whatever it had written was removed. `cause` is the signal's reason when it was aborted.
+ */
+export class ImageToolsAbortError extends ImageToolsError {
+  readonly operation: string;
+  readonly reason: 'abort' | 'timeout';
+
+  constructor(operation: string, reason: 'abort' | 'timeout', options: ImageToolsErrorOptions = {}) {
+    super(`${operation} ${reason === 'abort' ? 'was aborted' : 'timed out'}`, options);
+    this.name = 'ImageToolsAbortError';
+    setBrand(this, ABORT_BRAND);
+    this.operation = operation;
+    this.reason = reason;
+  }
+
+  static override isInstance(value: unknown): value is ImageToolsAbortError {
+    return hasBrand(value, ABORT_BRAND);
+  }
+}
+
 function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
   if (typeof value === 'bigint') return `${value}n`;

@@ -36,15 +36,19 @@ export type {
   ReadRequest,
   WriteRequest,
 } from './qemu-io.js';
+export { createQcow2Image } from './qcow2-create.js';
+export type { Qcow2ImageOptions } from './qcow2-create.js';
 export { formatSize, parseSize, parseSizeBigInt } from './size.js';
 export type { Size } from './size.js';
 export type { CacheMode, ImageOptsRef, ImageRef, OptionMap, OptionValue } from './arguments.js';
 export type { CallOptions } from './run-process.js';
 export {
+  ImageToolsAbortError,
   ImageToolsArgumentError,
   ImageToolsError,
   QemuImgError,
   QemuIoError,
   ToolError,
+  UnsupportedQcow2LayoutError,
 } from './errors.js';
-export type { ToolErrorDetails, ToolFailureReason, ImageToolsErrorOptions } from './errors.js';
+export type { ToolErrorDetails, ToolFailureReason, ImageToolsErrorOptions, UnsupportedQcow2LayoutReason } from './errors.js';

@@ -76,8 +76,10 @@ export interface ReadRequest extends IoRange {
 
 /*
  * Lines by which qemu-io reports that a command failed. Since QEMU 4.2 it also exits 1, but
- * older builds (and `-c` sequences where a later command succeeds) exit 0, so the text decides.
- * Hex dumps of `read -v` are skipped: their ASCII column can say anything.
+ * older builds (and `-c` sequences where a later command succeeds) exit 0, so the text decides;
+ * through HMP (`qemu-io DRIVE "CMD"`) the text is all there is, partly in the HMP reply and
+ * partly on QEMU's stdout/stderr. Hex dumps of `read -v` are skipped: their ASCII column can
+ * say anything. Warnings (`qemu-io: warning: ...`) are not failures.
  */
 const FAILURE_LINES: readonly RegExp[] = [
   /\bfailed\b/i, // "write failed: ...", "read failed", "Pattern verification failed", "discard failed"
@@ -85,6 +87,14 @@ const FAILURE_LINES: readonly RegExp[] = [
   /is not a valid pattern byte/,
   /: invalid option -- /,
   /^bad argument count\b/,
+  /: option requires an argument -- /,
+  /\bcan be specified at the same time\b/, // "Only one of -z, -P, and -s can be specified at the same time"
+  /^pattern verification range exceeds\b/,
+  /^too large\b/,
+  /^no file open\b/,
+  /\bis not a sector-aligned value\b/, // "1 is not a sector-aligned value for 'offset'" (write -b)
+  /^Argument '.*' exceeds maximum size\b/, // aio_write 0 1E
+  /\brequires -\w+ to be specified\b/, // "-u requires -z to be specified"
   /^command "[^"]*" not found/,
   /\bnot sector aligned\b/,
   /\bout of range\b/i,

@@ -199,15 +199,18 @@ export class QemuIoHmpError extends MachineError {
   readonly command: string;
   /** Everything the command printed: the HMP reply followed by QEMU's own output. */
   readonly output: string;
-  /** The line that was recognised as the failure, e.g. `write failed: Input/output error`. */
+  /** The first line recognised as a failure, e.g. `write failed: Input/output error`. */
   readonly failure: string;
+  /** Every line recognised as a failure, in the order printed (image-tools' `findQemuIoFailures`). */
+  readonly failures: readonly string[];
 
-  constructor(drive: string, command: string, output: string, failure: string) {
+  constructor(drive: string, command: string, output: string, failure: string, failures: readonly string[] = [failure]) {
     super(`qemu-io ${drive} "${command}" failed: ${failure}`);
     this.drive = drive;
     this.command = command;
     this.output = output;
     this.failure = failure;
+    this.failures = failures;
   }
 
   static override isInstance(value: unknown): value is QemuIoHmpError {

@@ -1,6 +1,8 @@
 import { MachineAbortError, MachineConfigError, QemuIoHmpError } from './errors.js';
 import { checkQemuId, formatOptionList, formatStructuredOption, type OptionValue, type StructuredOption } from './option-syntax.js';
-import { checkHmpQemuIoArguments, findQemuIoFailure, hmpQemuIoCommandLine } from './qemu-io-hmp.js';
+import { findQemuIoFailures } from '@qmpkit/image-tools';
+
+import { checkHmpQemuIoArguments, hmpQemuIoCommandLine } from './qemu-io-hmp.js';
 import { QemuProcess, type QemuProcessOptions, type TimeoutOptions } from './qemu-process.js';
 
 export interface DriveOptions {
@@ -151,8 +153,10 @@ export class QemuMachine extends QemuProcess {
       // QEMU has written (and flushed) qemu-io's output before it sends the QMP reply.
       const printed = await this.logSince(offset);
       const output = reply + printed;
-      const failure = findQemuIoFailure(output);
-      if (failure !== undefined) throw new QemuIoHmpError(drive, command, output, failure);
+      // The same rules image-tools applies to a qemu-io process's output.
+      const failures = findQemuIoFailures(output);
+      const [failure] = failures;
+      if (failure !== undefined) throw new QemuIoHmpError(drive, command, output, failure, failures);
       return { output };
     };
     const result = this.#qemuIoQueue.then(run, run);

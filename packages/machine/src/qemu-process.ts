@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, watch, type FSWatcher } from 'node:fs';
-import { chmod, mkdtemp, open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
+import { chmod, mkdtemp, open, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -101,6 +101,8 @@ const LOG_TAIL_BYTES = 4096;
 /** The log is kept in memory after its directory is removed, up to this many bytes (the end). */
 const KEPT_LOG_BYTES = 1024 * 1024;
 const TEMP_DIR_PREFIX = 'qmpkit-machine-';
+/** Reads of the log for one command's output; qemu-io prints far less than this per command. */
+const LOG_READ_CHUNK = 16 * 1024;
 const QMP_SOCKET_NAME = 'qmp.sock';
 
 /** Everything about one launch; a process object can be launched again after it exits. */
@@ -119,6 +121,8 @@ interface Run {
   /** Resolves after the exit has been handled: QMP closed, log kept, directory removed. */
   finished: Promise<ExitStatus>;
   keptLog: string | undefined;
+  /** The log opened for reading what the process printed during one command (see `logSince`). */
+  logReader: Promise<FileHandle | undefined> | undefined;
   dirRemoved: boolean;
   shutdown: Promise<ShutdownResult> | undefined;
 }
@@ -292,30 +296,55 @@ export abstract class QemuProcess implements AsyncDisposable {
     return qmp;
   }
 
+  /**
+   * The QMP socket of the current run (a unix socket in the private directory), while it
+   * exists. `qmp` is connected to it, and QEMU serves one client at a time per monitor: another
+   * client waits (its greeting never comes) until `qmp` is closed. A program that needs its own
+   * connection beside `qmp` adds a monitor of its own (`addArgs('-qmp', 'unix:PATH,server=on,wait=off')`).
+   */
+  get qmpSocketPath(): string | undefined {
+    const run = this.#run;
+    return run === undefined || run.dirRemoved ? undefined : join(run.dir, QMP_SOCKET_NAME);
+  }
+
+  /**
+   * The log opened once per run and kept open, so reading what one command printed costs one
+   * fstat before and one positioned read after it, instead of opening and closing the file.
+   */
+  #logReader(run: Run): Promise<FileHandle | undefined> {
+    run.logReader ??= open(run.logPath, 'r').catch(() => undefined);
+    return run.logReader;
+  }
+
   /** The log's current size, so a caller can read what the process prints from now on. */
   protected async logOffset(): Promise<number> {
     const run = this.#run;
     if (run === undefined) return 0;
-    return (await stat(run.logPath).catch(() => ({ size: 0 }))).size;
+    const file = await this.#logReader(run);
+    return file === undefined ? 0 : (await file.stat().catch(() => ({ size: 0 }))).size;
   }
 
-  /** What the process printed since `logOffset()` returned `offset` (reads only that part). */
+  /** What the process printed since `logOffset()` returned `offset` (reads only the new bytes). */
   protected async logSince(offset: number): Promise<string> {
     const run = this.#run;
     if (run === undefined) return '';
-    let file: FileHandle | undefined;
+    const file = await this.#logReader(run);
+    if (file === undefined) return '';
+    const chunks: Buffer[] = [];
+    let position = offset;
     try {
-      file = await open(run.logPath, 'r');
-      const { size } = await file.stat();
-      if (size <= offset) return '';
-      const buffer = Buffer.alloc(size - offset);
-      const { bytesRead } = await file.read(buffer, 0, buffer.length, offset);
-      return buffer.subarray(0, bytesRead).toString('utf8');
+      for (;;) {
+        const buffer = Buffer.allocUnsafe(LOG_READ_CHUNK);
+        const { bytesRead } = await file.read(buffer, 0, buffer.length, position);
+        chunks.push(buffer.subarray(0, bytesRead));
+        position += bytesRead;
+        // A short read of a regular file is its end: no second call just to be told so.
+        if (bytesRead < buffer.length) break;
+      }
     } catch {
-      return '';
-    } finally {
-      await file?.close();
+      // Closed by the exit's cleanup meanwhile: what was read is all there is.
     }
+    return Buffer.concat(chunks).toString('utf8');
   }
 
   /**
@@ -416,6 +445,7 @@ export abstract class QemuProcess implements AsyncDisposable {
         childExited,
         finished: childExited.then((status) => this.#cleanUp(run).then(() => status)),
         keptLog: undefined,
+        logReader: undefined,
         dirRemoved: false,
         shutdown: undefined,
       };
@@ -445,6 +475,8 @@ export abstract class QemuProcess implements AsyncDisposable {
   /** After the child is gone: close QMP, keep the log, remove the directory. Never throws. */
   async #cleanUp(run: Run): Promise<void> {
     if (run.qmp !== undefined) await run.qmp.close().catch(() => undefined);
+    const reader = await run.logReader;
+    await reader?.close().catch(() => undefined);
     const bytes = await readFile(run.logPath).catch(() => Buffer.alloc(0));
     run.keptLog = bytes.subarray(Math.max(0, bytes.length - KEPT_LOG_BYTES)).toString('utf8');
     await rm(run.dir, { recursive: true, force: true }).catch(() => undefined);

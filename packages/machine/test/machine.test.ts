@@ -70,6 +70,8 @@ describe('a running machine', () => {
     expect(dir).toMatch(/\/qmpkit-machine-[^/]+$/);
     expect(statSync(dir ?? '').mode & 0o777).toBe(0o700);
     expect(vm.logPath).toBe(`${dir ?? ''}/qemu.log`);
+    expect(vm.qmpSocketPath).toBe(`${dir ?? ''}/qmp.sock`);
+    expect(statSync(vm.qmpSocketPath ?? '').isSocket()).toBe(true);
   });
 
   test('answers query-status over QMP', async () => {
@@ -116,6 +118,29 @@ describe('a running machine', () => {
   test('an unknown drive throws with the HMP reply', async () => {
     const error = await rejection(vm.hmpQemuIo('drive9', 'read 0 512'));
     expect((error as QemuIoHmpError).failure).toMatch(/^Error: Cannot find device=/);
+  });
+
+  // One detector (image-tools' findQemuIoFailures) for both ways of running qemu-io: lines
+  // the machine's own list used to know, and lines only image-tools' list knew.
+  test.each([
+    ['write -z -P0x1 0 512', 'Only one of -z, -P, and -s can be specified at the same time'],
+    ['write -u 0 512', '-u requires -z to be specified'],
+    ['write -b 1 512', "1 is not a sector-aligned value for 'offset'"],
+    ['aio_write 0 1E', "Argument '1E' exceeds maximum size 2147483136"],
+  ])('%j throws QemuIoHmpError with the line qemu-io printed', async (command, line) => {
+    const error = await rejection(vm.hmpQemuIo('drive0', command));
+    expect(QemuIoHmpError.isInstance(error)).toBe(true);
+    expect((error as QemuIoHmpError).failure).toBe(line);
+    expect((error as QemuIoHmpError).failures).toEqual([line]);
+  });
+
+  test("each call's output is only what QEMU printed during it", async () => {
+    await rejection(vm.hmpQemuIo('drive0', 'read -P0xee 0 512'));
+    const read = await vm.hmpQemuIo('drive0', 'read 0 512');
+    expect(read.output).toMatch(/^read 512\/512 bytes at offset 0$/m);
+    expect(read.output).not.toMatch(/Pattern verification failed/);
+    const log = await vm.log();
+    expect(log.endsWith(read.output.slice(read.output.indexOf('read 512/512')))).toBe(true);
   });
 
   test('concurrent hmpQemuIo calls each see their own output', async () => {
@@ -270,6 +295,7 @@ test('shutdown of a machine that ignores quit (SIGSTOP) escalates to SIGKILL wit
   expect(elapsed).toBeLessThan(3_500);
   expect(vm.signal).toBe('SIGKILL');
   expect(vm.tempDir).toBeUndefined();
+  expect(vm.qmpSocketPath).toBeUndefined();
 });
 
 test('shutdown works when the QMP connection is already gone (SIGTERM)', async () => {

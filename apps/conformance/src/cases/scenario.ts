@@ -8,13 +8,12 @@ import {
   type BitmapStatus,
   type JobResult,
 } from '@qmpkit/backup';
-import { parseSize, QemuIo, type CompareResult } from '@qmpkit/image-tools';
+import { createQcow2Image, QemuIo, type CompareResult } from '@qmpkit/image-tools';
 import type { MachineQmpClient, QemuMachine } from '@qmpkit/machine';
 import type { BlockdevOptions, DriveBackup } from '@qmpkit/schema';
 
 import { expectEqual, expectFields, expectTrue } from '../assert.js';
 import type { CaseContext } from '../context.js';
-import { createImageInQemu } from '../sdk-gaps.js';
 import { CaseAssertionError } from '../errors.js';
 
 // The bookkeeping of an incremental-backup case: drives, bitmaps and the chain of
@@ -209,18 +208,19 @@ export class Scenario {
 
   /**
    * A qcow2 image as the reference's img_create makes it (64M unless said, the backing file's
-   * format = qcow2), created by the running QEMU (see `createImageInQemu`).
+   * format = qcow2), written in-process by image-tools' `createQcow2Image`: the bytes `qemu-img
+   * create` writes, without a process per image. Like qemu-img, it replaces an existing file.
    */
   async createImage(
     file: string,
     options: { size?: string; backingFile?: string; clusterSize?: string } = {},
   ): Promise<void> {
-    await createImageInQemu(
-      this.qmp,
+    await createQcow2Image(
+      file,
       {
-        filename: file,
-        size: parseSize(options.size ?? IMAGE_SIZE),
-        ...(options.clusterSize === undefined ? {} : { clusterSize: parseSize(options.clusterSize) }),
+        size: options.size ?? IMAGE_SIZE,
+        overwrite: true,
+        ...(options.clusterSize === undefined ? {} : { clusterSize: options.clusterSize }),
         ...(options.backingFile === undefined ? {} : { backingFile: options.backingFile, backingFormat: IMAGE_FORMAT }),
       },
       this.call,
