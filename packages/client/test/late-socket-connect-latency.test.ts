@@ -73,11 +73,11 @@ test('a socket that appears late is connected to promptly', async () => {
   for (let round = 0; round < 5; round++) latencies.push(await latencyOfLateSocket(join(dir, `qmp-${round}.sock`)));
   // Generous per attempt, so a loaded machine does not fail it...
   for (const latency of latencies) expect(latency).toBeLessThan(200);
-  // ...while the total separates prompt from the old back-off: its retries at 5, 10, 20, 40,
+  // ...while the median separates prompt from the old back-off: its retries at 5, 10, 20, 40,
   // 80 and then every 100 ms put the next attempt about 60 ms after the socket appeared in
-  // every round (some 300 ms in all); the watch makes it about 1 ms.
-  const total = latencies.reduce((sum, latency) => sum + latency, 0);
-  expect(total).toBeLessThan(125);
+  // every round; the watch makes it about 1 ms. The median ignores one round stalled by load.
+  const median = [...latencies].sort((a, b) => a - b)[2] as number;
+  expect(median).toBeLessThan(40);
 }, 20_000);
 
 test('a stale socket file (ECONNREFUSED) is retried until a server listens on it', async () => {
