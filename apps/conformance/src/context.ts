@@ -7,7 +7,6 @@ import { QemuMachine } from '@qmpkit/machine';
 
 import { CaseSkip } from './errors.js';
 import type { BinaryOptions } from './options.js';
-import { launchMachine } from './sdk-gaps.js';
 import type { CaseScope } from './runner.js';
 
 /** The image tools and the system emulator the cases run, as the CLI options chose them. */
@@ -162,7 +161,7 @@ export class CaseContext {
 
   /** Launch `machine` under the case's signal and note QEMU's version for the report. */
   async launch(machine: QemuMachine): Promise<void> {
-    await launchMachine(machine, { signal: this.signal, timeout: 30_000 });
+    await machine.launch({ signal: this.signal, timeout: 30_000 });
     const { major, minor, micro } = machine.qmp.version.qemu;
     const pkg = machine.qmp.version.package.trim();
     this.#observer.onVersion(`${major}.${minor}.${micro}${pkg ? ` (${pkg})` : ''}`);

@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -10,6 +10,21 @@ import { runCases, SCRATCH_PREFIX, type CaseDefinition, type CaseScope } from '.
 // skips and interruption. The real cases are exercised end to end in test/cli.test.ts.
 
 const scratchDirs = (): string[] => readdirSync(tmpdir()).filter((n) => n.startsWith(SCRATCH_PREFIX));
+
+// A private TMPDIR (os.tmpdir() reads it at each call): test/cli.test.ts, which may run at the
+// same time in another worker, makes directories of the same prefix in the shared one, and
+// "nothing left behind" must only see this file's runs.
+const sharedTmpdir = process.env['TMPDIR'];
+let privateTmpdir = '';
+beforeAll(() => {
+  privateTmpdir = mkdtempSync(join(tmpdir(), 'qmpkit-conformance-runner-test-'));
+  process.env['TMPDIR'] = privateTmpdir;
+});
+afterAll(() => {
+  if (sharedTmpdir === undefined) delete process.env['TMPDIR'];
+  else process.env['TMPDIR'] = sharedTmpdir;
+  rmSync(privateTmpdir, { recursive: true, force: true });
+});
 
 function waitForAbort(signal: AbortSignal): Promise<never> {
   return new Promise((_, reject) => {

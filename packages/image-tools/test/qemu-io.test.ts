@@ -128,6 +128,20 @@ describe('qemuIo failures', () => {
     expect(error.failures).toEqual(['command "frobnicate" not found']);
   });
 
+  // Lines the HMP path of @qmpkit/machine relies on, as the real qemu-io prints them.
+  it.each([
+    ['write -z -P 0x01 0 512', 'Only one of -z, -P, and -s can be specified at the same time'],
+    ['write -u 0 512', '-u requires -z to be specified'],
+    ['write -b 1 512', "1 is not a sector-aligned value for 'offset'"],
+    ['aio_write 0 1E', "Argument '1E' exceeds maximum size 2147483136"],
+    ['read -v -P 0 -s 0 -l 513 0 512', 'pattern verification range exceeds end of read data'],
+    ['read 0 512 -P', "read: option requires an argument -- 'P'"],
+  ])('%j is reported with the line qemu-io prints', async (command, line) => {
+    const error = (await rejection(qemuIo.run(image, [command], qcow2))) as QemuIoError;
+    expect(QemuIoError.isInstance(error)).toBe(true);
+    expect(error.failures).toEqual([line]);
+  });
+
   it('validates arguments before spawning anything', async () => {
     const tool = new QemuIo({ binary: '/nonexistent/qemu-io' });
     const calls: Array<() => Promise<unknown>> = [

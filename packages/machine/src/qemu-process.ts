@@ -312,6 +312,8 @@ export abstract class QemuProcess implements AsyncDisposable {
    * fstat before and one positioned read after it, instead of opening and closing the file.
    */
   #logReader(run: Run): Promise<FileHandle | undefined> {
+    // Once the process has exited, cleanup closes the reader it finds; one opened later would leak.
+    if (run.logReader === undefined && run.exit !== undefined) return Promise.resolve(undefined);
     run.logReader ??= open(run.logPath, 'r').catch(() => undefined);
     return run.logReader;
   }
