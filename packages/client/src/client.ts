@@ -170,6 +170,9 @@ function openSocketOnce(target: string | { path: string } | { host: string; port
 // Retries start at 1 ms and stay short: a QEMU being launched creates its socket within
 // milliseconds, and each retry costs only a failed connect(), so a long back-off would
 // mostly add latency to every launch.
+/** How often negotiation restarts for a repeated greeting before the connection is given up. */
+const MAX_NEGOTIATION_RESTARTS = 3;
+
 const FIRST_RETRY_DELAY = 1;
 const MAX_RETRY_DELAY = 10;
 
@@ -374,6 +377,7 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
   #nextId = 0;
   #greeting: QmpGreeting | undefined;
   #greetingWaiter: { resolve: (g: QmpGreeting) => void; reject: (e: unknown) => void } | undefined;
+  #onRepeatedGreeting: (() => void) | undefined;
   #oob = false;
   #outbox = '';
   #batching = false;
@@ -552,15 +556,38 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
       }
       enable.push('oob');
     }
-    const remaining = Math.max(1, deadline - Date.now());
-    const commandOptions: CommandOptions = signal ? { timeout: remaining, signal } : { timeout: remaining };
-    try {
-      await this.#send('qmp_capabilities', enable.length > 0 ? { enable } : undefined, commandOptions, false);
-    } catch (error) {
-      if (QmpCommandError.isInstance(error)) {
-        throw new QmpNegotiationError(`qmp_capabilities was refused: ${error.desc}`, { cause: error, offered });
+    // QEMU 7.2 can open a monitor connection twice when a client connects while the monitor is
+    // still being set up (seen with qemu-storage-daemon connected to within a millisecond of its
+    // socket appearing): a second greeting follows, the monitor is back in negotiation mode, and
+    // a qmp_capabilities already sent may be dropped unanswered. So a greeting that arrives while
+    // qmp_capabilities is pending restarts negotiation; the abandoned command's late reply is
+    // dropped as an unknown id. On a repeat, "already negotiated" (CommandNotFound) means the
+    // earlier command took effect after the reset, which is success too.
+    for (let attempt = 0; ; attempt++) {
+      const remaining = Math.max(1, deadline - Date.now());
+      const abandon = new AbortController();
+      const commandSignal = signal ? AbortSignal.any([signal, abandon.signal]) : abandon.signal;
+      const regreeted = new Promise<'regreeted'>((resolve) => {
+        this.#onRepeatedGreeting = () => resolve('regreeted');
+      });
+      const sent = this.#send('qmp_capabilities', enable.length > 0 ? { enable } : undefined, { timeout: remaining, signal: commandSignal }, false);
+      try {
+        const outcome = await Promise.race([sent.then(() => 'negotiated' as const), regreeted]);
+        if (outcome === 'negotiated') break;
+        abandon.abort();
+        sent.catch(() => undefined);
+        if (attempt >= MAX_NEGOTIATION_RESTARTS) {
+          throw new QmpNegotiationError(`${this.target} greeted ${attempt + 2} times while negotiating; giving up`, { offered });
+        }
+      } catch (error) {
+        if (QmpCommandError.isInstance(error)) {
+          if (attempt > 0 && error.errorClass === 'CommandNotFound') break;
+          throw new QmpNegotiationError(`qmp_capabilities was refused: ${error.desc}`, { cause: error, offered });
+        }
+        throw error;
+      } finally {
+        this.#onRepeatedGreeting = undefined;
       }
-      throw error;
     }
     this.#oob = enable.includes('oob');
     if (this.#state.kind === 'negotiating') this.#state = { kind: 'ready' };
@@ -704,6 +731,12 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
       case 'greeting': {
         if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
         const waiter = this.#greetingWaiter;
+        if (this.#greeting && this.#state.kind === 'negotiating') {
+          // The monitor was opened again (see #negotiate): its latest greeting counts.
+          this.#greeting = kind.message;
+          this.#onRepeatedGreeting?.();
+          return;
+        }
         if (this.#greeting || !waiter) {
           this.#fail(new QmpConnectionError(`unexpected second greeting from ${this.target}`, {
             cause: new QmpProtocolError('greeting received after the session started'),
