@@ -47,7 +47,7 @@ function ensureQemu() {
   log(`installing ${QEMU_PACKAGES.join(' ')} (missing: ${missing.join(', ')})`);
   const aptEnv = { ...env, DEBIAN_FRONTEND: 'noninteractive' };
   mustRun('apt-get', ['update', '-qq'], { env: aptEnv });
-  mustRun('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...QEMU_PACKAGES], { env: aptEnv });
+  mustRun('apt-get', ['install', '-y', '-qq', ...QEMU_PACKAGES], { env: aptEnv });
 }
 
 function pnpmVersion() {
