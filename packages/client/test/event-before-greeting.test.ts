@@ -2,48 +2,15 @@
 // connection before its greeting (the greeting goes out from a bottom half, events go to
 // every monitor not in negotiation mode), and connect() failed with
 // "QmpProtocolError: expected a QMP greeting, got an event".
-import {
-  QmpClient,
-  QmpProtocolError,
-  QmpTimeoutError,
-  type LooseCommands,
-  type LooseEvents,
-  type QmpTranscriptEntry,
-} from '../src/index.js';
-import { FakeQmpServer, GREETING, eventLine, type LooseClient } from './support/fake-server.js';
+import { QmpProtocolError, QmpTimeoutError, type QmpTranscriptEntry } from '../src/index.js';
+import { GREETING, eventLine, rejectionOf, useFakeQmpServer } from './support/fake-server.js';
 
-let server: FakeQmpServer;
-const clients: LooseClient[] = [];
-
-beforeEach(async () => {
-  server = await FakeQmpServer.start();
-});
-
-afterEach(async () => {
-  for (const client of clients.splice(0)) await client.close({ timeout: 100 });
-  await server.close();
-});
-
-function connect(options: { transcript?: (entry: QmpTranscriptEntry) => void; connectTimeout?: number } = {}): Promise<LooseClient> {
-  return QmpClient.connect<LooseCommands, LooseEvents>(server.path, { connectTimeout: 5000, ...options }).then((client) => {
-    clients.push(client);
-    return client;
-  });
-}
-
-function errorOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    (value) => {
-      throw new Error(`expected a rejection, got ${String(value)}`);
-    },
-    (error: unknown) => error,
-  );
-}
+const fx = useFakeQmpServer();
 
 test('an event before the greeting is delivered to the event hub and connect succeeds', async () => {
   const transcript: QmpTranscriptEntry[] = [];
-  const accepted = server.accept();
-  const pending = connect({ transcript: (entry) => transcript.push(entry) });
+  const accepted = fx.server.accept();
+  const pending = fx.connectClient({ transcript: (entry) => transcript.push(entry) });
   const connection = await accepted;
   await connection.sendEvent('RESUME', undefined, 1);
   await connection.sendEvent('BLOCK_IO_ERROR', { device: 'drive0', operation: 'write', action: 'report' }, 2);
@@ -75,8 +42,8 @@ test('an event before the greeting is delivered to the event hub and connect suc
 });
 
 test('an event in the same chunk as the greeting stays buffered for a later wait', async () => {
-  const accepted = server.accept();
-  const pending = connect();
+  const accepted = fx.server.accept();
+  const pending = fx.connectClient();
   const connection = await accepted;
   await connection.send(`${eventLine('RESUME', undefined, 1)}\r\n${GREETING}`);
   await connection.reply({});
@@ -90,8 +57,8 @@ test('an event in the same chunk as the greeting stays buffered for a later wait
 });
 
 test('events without a greeting still end in a connect timeout', async () => {
-  const accepted = server.accept();
-  const pending = errorOf(connect({ connectTimeout: 200 }));
+  const accepted = fx.server.accept();
+  const pending = rejectionOf(fx.connectClient({ connectTimeout: 200 }));
   const connection = await accepted;
   await connection.sendEvent('RESUME');
   const error = await pending;
@@ -104,8 +71,8 @@ test.each([
   ['malformed JSON', 'Hello, this is not QMP\n', /malformed QMP stream/],
   ['a message of no known kind', '{"hello": "world"}\n', /no known QMP kind/],
 ])('%s before the greeting is a QmpProtocolError', async (_name, bytes, message) => {
-  const accepted = server.accept();
-  const pending = errorOf(connect());
+  const accepted = fx.server.accept();
+  const pending = rejectionOf(fx.connectClient());
   const connection = await accepted;
   await connection.send(bytes);
   const error = await pending;

@@ -14,38 +14,13 @@ import {
   type LooseEvents,
   type QmpTranscriptEntry,
 } from '../src/index.js';
-import { FakeQmpServer, GREETING, type LooseClient } from './support/fake-server.js';
+import { GREETING, rejectionOf, useFakeQmpServer } from './support/fake-server.js';
 
-let server: FakeQmpServer;
-const clients: LooseClient[] = [];
-
-beforeEach(async () => {
-  server = await FakeQmpServer.start();
-});
-
-afterEach(async () => {
-  for (const client of clients.splice(0)) await client.close({ timeout: 100 });
-  await server.close();
-});
-
-async function connect(options: Parameters<FakeQmpServer['connect']>[0] = {}): ReturnType<FakeQmpServer['connect']> {
-  const pair = await server.connect(options);
-  clients.push(pair.client);
-  return pair;
-}
-
-function errorOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    (value) => {
-      throw new Error(`expected a rejection, got ${JSON.stringify(value)}`);
-    },
-    (error: unknown) => error,
-  );
-}
+const fx = useFakeQmpServer();
 
 describe('framing', () => {
   test('a reply split at every byte offset is reassembled', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     // Multi-byte UTF-8 (2, 3 and 4 bytes) so some splits fall inside a character.
     const value = { text: 'é€𝄞 "quoted" \\ {braces} [brackets]', n: [1, 2, { x: null }] };
     for (let offset = 1; ; offset++) {
@@ -66,7 +41,7 @@ describe('framing', () => {
 
   test('several messages in one chunk: events and replies, in order', async () => {
     const transcript: QmpTranscriptEntry[] = [];
-    const { client, connection } = await connect({ transcript: (entry) => transcript.push(entry) });
+    const { client, connection } = await fx.connect({ transcript: (entry) => transcript.push(entry) });
     const seen: string[] = [];
     client.events.on('event', (event) => seen.push(event.event));
     const first = client.execute('first');
@@ -92,14 +67,14 @@ describe('framing', () => {
 
 describe('fatal server behaviour', () => {
   test('malformed JSON rejects every pending call with QmpConnectionError (cause QmpProtocolError)', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     const calls = [client.execute('a'), client.execute('b')];
     const wait = client.events.wait('NEVER');
     const stream = client.events.stream();
     await connection.receive();
     await connection.send('{"return": {}, "id": 1, oops}\n');
     for (const call of [...calls, wait, stream.next()]) {
-      const error = await errorOf(call);
+      const error = await rejectionOf(call);
       expect(QmpConnectionError.isInstance(error)).toBe(true);
       expect(QmpProtocolError.isInstance((error as QmpConnectionError).cause)).toBe(true);
     }
@@ -108,14 +83,14 @@ describe('fatal server behaviour', () => {
   });
 
   test('a message over the size limit is a protocol error', async () => {
-    const { client, connection } = await connect({ maxMessageSize: 1024 });
+    const { client, connection } = await fx.connect({ maxMessageSize: 1024 });
     const call = client.execute('big');
     const command = await connection.receive();
     // Sent in pieces: the limit must hold before the message is complete.
     const line = `{"return": "${'x'.repeat(4096)}", "id": ${JSON.stringify(command['id'])}}\n`;
     await connection.send(line.slice(0, 600));
     await connection.send(line.slice(600, 1500));
-    const error = await errorOf(call);
+    const error = await rejectionOf(call);
     expect(QmpConnectionError.isInstance(error)).toBe(true);
     const cause = (error as QmpConnectionError).cause as QmpProtocolError;
     expect(QmpProtocolError.isInstance(cause)).toBe(true);
@@ -123,11 +98,11 @@ describe('fatal server behaviour', () => {
   });
 
   test('an error reply without an id ends the connection', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     const call = client.execute('pending');
     await connection.receive();
     await connection.send('{"error": {"class": "GenericError", "desc": "JSON parse error, invalid keyword"}}\n');
-    const error = await errorOf(call);
+    const error = await rejectionOf(call);
     expect(QmpConnectionError.isInstance(error)).toBe(true);
     expect((error as Error).message).toMatch(/without an id/);
     expect(((error as QmpConnectionError).cause as QmpProtocolError).excerpt).toContain('invalid keyword');
@@ -135,13 +110,13 @@ describe('fatal server behaviour', () => {
   });
 
   test('the server closing mid-reply rejects pending calls promptly', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     const call = client.execute('query-status');
     const stream = client.events.stream(['STOP']);
     const command = await connection.receive();
     await connection.send(`{"return": {"status": "runn`);
     connection.socket.end();
-    const error = await errorOf(call);
+    const error = await rejectionOf(call);
     expect(QmpConnectionError.isInstance(error)).toBe(true);
     expect((error as Error).message).toMatch(/middle of a message/);
     expect(QmpProtocolError.isInstance((error as QmpConnectionError).cause)).toBe(true);
@@ -150,12 +125,12 @@ describe('fatal server behaviour', () => {
   });
 
   test('a plain disconnect fails pending calls and waits', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     const call = client.execute('slow');
     const wait = client.events.wait('BLOCK_JOB_COMPLETED', { match: { data: { device: 'drive0' } } });
     await connection.receive();
     connection.destroy();
-    const [callError, waitError] = await Promise.all([errorOf(call), errorOf(wait)]);
+    const [callError, waitError] = await Promise.all([rejectionOf(call), rejectionOf(wait)]);
     expect(QmpConnectionError.isInstance(callError)).toBe(true);
     expect(waitError).toBe(callError);
   });
@@ -164,7 +139,7 @@ describe('fatal server behaviour', () => {
 describe('ids, timeouts and aborts', () => {
   test('a reply with an unknown id is dropped and reported to the transcript', async () => {
     const transcript: QmpTranscriptEntry[] = [];
-    const { client, connection } = await connect({ transcript: (entry) => transcript.push(entry) });
+    const { client, connection } = await fx.connect({ transcript: (entry) => transcript.push(entry) });
     const call = client.execute('query-status');
     const command = await connection.receive();
     await connection.send('{"return": "stray", "id": 424242}\n{"return": "stray", "id": "not-ours"}\n');
@@ -178,10 +153,10 @@ describe('ids, timeouts and aborts', () => {
 
   test('a timeout on one command leaves the connection usable', async () => {
     const transcript: QmpTranscriptEntry[] = [];
-    const { client, connection } = await connect({ transcript: (entry) => transcript.push(entry) });
+    const { client, connection } = await fx.connect({ transcript: (entry) => transcript.push(entry) });
     const slow = client.execute('slow', undefined, { timeout: 50 });
     const slowCommand = await connection.receive();
-    const error = await errorOf(slow);
+    const error = await rejectionOf(slow);
     expect(QmpTimeoutError.isInstance(error)).toBe(true);
     expect((error as QmpTimeoutError).timeout).toBe(50);
     expect(client.pendingCount).toBe(0);
@@ -196,7 +171,7 @@ describe('ids, timeouts and aborts', () => {
   });
 
   test('commandTimeout applies to every command unless overridden', async () => {
-    const { client, connection } = await connect({ commandTimeout: 30 });
+    const { client, connection } = await fx.connect({ commandTimeout: 30 });
     await expect(client.execute('a')).rejects.toBeInstanceOf(QmpTimeoutError);
     const b = client.execute('b', undefined, { timeout: 5000 });
     await connection.receive();
@@ -205,12 +180,12 @@ describe('ids, timeouts and aborts', () => {
   });
 
   test('abort through an AbortSignal', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     const controller = new AbortController();
     const call = client.execute('slow', undefined, { signal: controller.signal });
     await connection.receive();
     controller.abort(new Error('user gave up'));
-    const error = await errorOf(call);
+    const error = await rejectionOf(call);
     expect(QmpAbortError.isInstance(error)).toBe(true);
     expect(((error as QmpAbortError).cause as Error).message).toBe('user gave up');
     expect(client.pendingCount).toBe(0);
@@ -223,12 +198,12 @@ describe('ids, timeouts and aborts', () => {
   });
 
   test('an error reply rejects with QmpCommandError and nothing else', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     const call = client.execute('device_del', { id: 'x' });
     const command = await connection.receive();
     const reply = { error: { class: 'DeviceNotFound', desc: "Device 'x' not found" }, id: command['id'] };
     await connection.send(`${JSON.stringify(reply)}\n`);
-    const error = (await errorOf(call)) as QmpCommandError;
+    const error = (await rejectionOf(call)) as QmpCommandError;
     expect(QmpCommandError.isInstance(error)).toBe(true);
     expect(error).toMatchObject({ errorClass: 'DeviceNotFound', desc: "Device 'x' not found", reply });
     expect(error.command).toEqual({ execute: 'device_del', arguments: { id: 'x' }, id: command['id'] });
@@ -236,7 +211,7 @@ describe('ids, timeouts and aborts', () => {
   });
 
   test('close() rejects pending commands and ends streams normally', async () => {
-    const { client, connection } = await connect();
+    const { client, connection } = await fx.connect();
     const call = client.execute('pending');
     const stream = client.events.stream();
     await connection.receive();
@@ -252,9 +227,9 @@ describe('ids, timeouts and aborts', () => {
 
 describe('connecting', () => {
   test('a server that never greets: connect times out with a clear error', async () => {
-    const accepted = server.accept();
+    const accepted = fx.server.accept();
     const started = Date.now();
-    const error = await errorOf(QmpClient.connect(server.path, { connectTimeout: 200 }));
+    const error = await rejectionOf(QmpClient.connect(fx.server.path, { connectTimeout: 200 }));
     expect(QmpTimeoutError.isInstance(error)).toBe(true);
     expect((error as Error).message).toMatch(/greeting/);
     expect(Date.now() - started).toBeLessThan(2000);
@@ -263,7 +238,7 @@ describe('connecting', () => {
   });
 
   test('retries until the socket exists', async () => {
-    const path = join(server.dir, 'late', 'qmp.sock');
+    const path = join(fx.server.dir, 'late', 'qmp.sock');
     // Nothing exists at `path` yet: the client keeps retrying on ENOENT.
     const pending = QmpClient.connect(path, { connectTimeout: 5000 });
     let settled = false;
@@ -316,28 +291,28 @@ describe('connecting', () => {
   });
 
   test('a socket file nobody listens on (ECONNREFUSED) is retried until the deadline', async () => {
-    const live = `${server.dir}/live.sock`;
-    const stale = `${server.dir}/stale.sock`;
+    const live = `${fx.server.dir}/live.sock`;
+    const stale = `${fx.server.dir}/stale.sock`;
     // A second name for the socket survives the listener (which unlinks only its own name):
     // a socket file without a listener, as a QEMU that just died leaves behind.
     const listener = createServer();
     await new Promise<void>((resolve) => listener.listen(live, resolve));
     await link(live, stale);
     await new Promise<void>((resolve) => listener.close(() => resolve()));
-    const error = await errorOf(QmpClient.connect(stale, { connectTimeout: 150 }));
+    const error = await rejectionOf(QmpClient.connect(stale, { connectTimeout: 150 }));
     expect(QmpTimeoutError.isInstance(error)).toBe(true);
     expect(((error as QmpTimeoutError).cause as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
   });
 
   test('a missing socket fails with QmpTimeoutError at the deadline, ENOENT attached', async () => {
-    const error = await errorOf(QmpClient.connect(`${server.dir}/absent.sock`, { connectTimeout: 150 }));
+    const error = await rejectionOf(QmpClient.connect(`${fx.server.dir}/absent.sock`, { connectTimeout: 150 }));
     expect(QmpTimeoutError.isInstance(error)).toBe(true);
     expect(((error as QmpTimeoutError).cause as NodeJS.ErrnoException).code).toBe('ENOENT');
   });
 
   test('oob requested but not offered: QmpNegotiationError', async () => {
-    const accepted = server.accept();
-    const pending = errorOf(QmpClient.connect(server.path, { oob: true, connectTimeout: 2000 }));
+    const accepted = fx.server.accept();
+    const pending = rejectionOf(QmpClient.connect(fx.server.path, { oob: true, connectTimeout: 2000 }));
     const connection = await accepted;
     await connection.send('{"QMP": {"version": {"qemu": {"micro": 0, "minor": 0, "major": 2}, "package": ""}, "capabilities": []}}\n');
     const error = await pending;
@@ -347,8 +322,8 @@ describe('connecting', () => {
   });
 
   test('qmp_capabilities refused: QmpNegotiationError with the command error as cause', async () => {
-    const accepted = server.accept();
-    const pending = errorOf(QmpClient.connect(server.path, { connectTimeout: 2000 }));
+    const accepted = fx.server.accept();
+    const pending = rejectionOf(QmpClient.connect(fx.server.path, { connectTimeout: 2000 }));
     const connection = await accepted;
     await connection.send(GREETING);
     const command = await connection.receive();
@@ -359,8 +334,8 @@ describe('connecting', () => {
   });
 
   test('a bad greeting is a QmpProtocolError', async () => {
-    const accepted = server.accept();
-    const pending = errorOf(QmpClient.connect(server.path, { connectTimeout: 2000 }));
+    const accepted = fx.server.accept();
+    const pending = rejectionOf(QmpClient.connect(fx.server.path, { connectTimeout: 2000 }));
     const connection = await accepted;
     await connection.send('{"return": {}, "id": 1}\n');
     const error = await pending;
@@ -370,7 +345,7 @@ describe('connecting', () => {
 
   test('an aborted connect rejects with QmpAbortError', async () => {
     const controller = new AbortController();
-    const pending = errorOf(QmpClient.connect(`${server.dir}/absent.sock`, { connectTimeout: 10_000, signal: controller.signal }));
+    const pending = rejectionOf(QmpClient.connect(`${fx.server.dir}/absent.sock`, { connectTimeout: 10_000, signal: controller.signal }));
     setTimeout(() => controller.abort(), 30);
     expect(QmpAbortError.isInstance(await pending)).toBe(true);
   });

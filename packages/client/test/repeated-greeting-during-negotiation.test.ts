@@ -2,31 +2,14 @@
 // appearing, sometimes opens the monitor twice: a second greeting follows the first, the
 // monitor is back in negotiation mode, and the qmp_capabilities already sent may go
 // unanswered. connect() failed with "unexpected second greeting" or hung until its deadline.
-import { QmpClient, QmpNegotiationError, type LooseCommands, type LooseEvents } from '../src/index.js';
-import { FakeQmpServer, GREETING, type LooseClient } from './support/fake-server.js';
+import { QmpNegotiationError } from '../src/index.js';
+import { GREETING, rejectionOf, useFakeQmpServer } from './support/fake-server.js';
 
-let server: FakeQmpServer;
-const clients: LooseClient[] = [];
-
-beforeEach(async () => {
-  server = await FakeQmpServer.start();
-});
-
-afterEach(async () => {
-  for (const client of clients.splice(0)) await client.close({ timeout: 100 });
-  await server.close();
-});
-
-function connect(): Promise<LooseClient> {
-  return QmpClient.connect<LooseCommands, LooseEvents>(server.path, { connectTimeout: 5000 }).then((client) => {
-    clients.push(client);
-    return client;
-  });
-}
+const fx = useFakeQmpServer();
 
 test('a greeting while qmp_capabilities is pending restarts negotiation', async () => {
-  const accepted = server.accept();
-  const pending = connect();
+  const accepted = fx.server.accept();
+  const pending = fx.connectClient();
   const connection = await accepted;
   await connection.send(GREETING);
   const first = await connection.receive();
@@ -47,8 +30,8 @@ test('a greeting while qmp_capabilities is pending restarts negotiation', async 
 });
 
 test('"already negotiated" on the repeated qmp_capabilities counts as success', async () => {
-  const accepted = server.accept();
-  const pending = connect();
+  const accepted = fx.server.accept();
+  const pending = fx.connectClient();
   const connection = await accepted;
   await connection.send(GREETING);
   const first = await connection.receive();
@@ -64,11 +47,8 @@ test('"already negotiated" on the repeated qmp_capabilities counts as success', 
 });
 
 test('a peer that keeps greeting is given up with a QmpNegotiationError', async () => {
-  const accepted = server.accept();
-  const pending = connect().then(
-    () => undefined,
-    (error: unknown) => error,
-  );
+  const accepted = fx.server.accept();
+  const pending = rejectionOf(fx.connectClient());
   const connection = await accepted;
   await connection.send(GREETING);
   for (let i = 0; i < 4; i++) {
@@ -81,11 +61,8 @@ test('a peer that keeps greeting is given up with a QmpNegotiationError', async 
 });
 
 test('a first qmp_capabilities refused with CommandNotFound is still a negotiation error', async () => {
-  const accepted = server.accept();
-  const pending = connect().then(
-    () => undefined,
-    (error: unknown) => error,
-  );
+  const accepted = fx.server.accept();
+  const pending = rejectionOf(fx.connectClient());
   const connection = await accepted;
   await connection.send(GREETING);
   const first = await connection.receive();

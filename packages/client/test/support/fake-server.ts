@@ -144,3 +144,54 @@ export class FakeQmpServer {
     await rm(this.dir, { recursive: true, force: true });
   }
 }
+
+/** Connections for one test file: a fresh server per test, and every client it opened closed after. */
+export interface FakeServerFixture {
+  /** The current test's server. */
+  readonly server: FakeQmpServer;
+  /** Starts a client connecting; the test plays the server's side of the handshake. */
+  connectClient(options?: ConnectOptions): Promise<LooseClient>;
+  /** Connects a client and completes the handshake on both sides. */
+  connect(options?: ConnectOptions): Promise<{ client: LooseClient; connection: FakeConnection }>;
+}
+
+/** Registers the beforeEach/afterEach hooks behind a `FakeServerFixture`; call it at the top of a test file. */
+export function useFakeQmpServer(): FakeServerFixture {
+  let current: FakeQmpServer | undefined;
+  const clients: LooseClient[] = [];
+  beforeEach(async () => {
+    current = await FakeQmpServer.start();
+  });
+  afterEach(async () => {
+    for (const client of clients.splice(0)) await client.close({ timeout: 100 });
+    await current?.close();
+    current = undefined;
+  });
+  const fixture: FakeServerFixture = {
+    get server(): FakeQmpServer {
+      if (current === undefined) throw new Error('the fake QMP server exists only while a test runs');
+      return current;
+    },
+    async connectClient(options = {}) {
+      const client = await QmpClient.connect<LooseCommands, LooseEvents>(fixture.server.path, { connectTimeout: 5000, ...options });
+      clients.push(client);
+      return client;
+    },
+    async connect(options = {}) {
+      const pair = await fixture.server.connect(options);
+      clients.push(pair.client);
+      return pair;
+    },
+  };
+  return fixture;
+}
+
+/** Resolves with what `promise` rejects with; fails the test if it resolves. */
+export function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    (value) => {
+      throw new Error(`expected a rejection, got ${JSON.stringify(value)}`);
+    },
+    (error: unknown) => error,
+  );
+}
