@@ -11,7 +11,7 @@ import {
   qemuIo,
 } from '../src/index.js';
 import type { ImageInfo, Qcow2ImageOptions } from '../src/index.js';
-import { childProcesses, createScratch } from './scratch.js';
+import { childProcesses, createScratch, rejection } from './scratch.js';
 import type { Scratch } from './scratch.js';
 
 // Every image createQcow2Image writes is held against the one qemu-img makes from the same
@@ -33,14 +33,6 @@ afterAll(() => {
   expect(childProcesses()).toEqual([]);
 });
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
-}
 
 /** The same image made by qemu-img. */
 async function twin(file: string, options: Qcow2ImageOptions): Promise<void> {

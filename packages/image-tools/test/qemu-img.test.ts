@@ -8,7 +8,7 @@ import {
   qemuIo,
 } from '../src/index.js';
 import type { ImageInfo } from '../src/index.js';
-import { childProcesses, createScratch, processesWith } from './scratch.js';
+import { childProcesses, createScratch, processesWith, rejection } from './scratch.js';
 import type { Scratch } from './scratch.js';
 
 let scratch: Scratch;
@@ -22,15 +22,6 @@ afterAll(() => {
   expect(childProcesses()).toEqual([]);
 });
 
-/** Catch the error a promise rejects with (fails the test if it resolves). */
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
-}
 
 function qcow2Bitmaps(info: ImageInfo): Array<{ name: string; granularity: number; flags: string[] }> {
   const specific = info['format-specific'];

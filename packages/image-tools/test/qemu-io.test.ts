@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 
 import { ImageToolsArgumentError, QemuIo, QemuIoError, parseSize, qemuImg, qemuIo } from '../src/index.js';
-import { childProcesses, createScratch, processesWith } from './scratch.js';
+import { childProcesses, createScratch, processesWith, rejection } from './scratch.js';
 import type { Scratch } from './scratch.js';
 
 let scratch: Scratch;
@@ -18,14 +18,6 @@ afterAll(() => {
   expect(childProcesses()).toEqual([]);
 });
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
-}
 
 const qcow2 = { format: 'qcow2' } as const;
 
