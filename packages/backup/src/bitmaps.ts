@@ -74,7 +74,8 @@ export async function mergeBitmaps(
   await execute(qmp, 'block-dirty-bitmap-merge', { node, target, bitmaps: [...sources] }, options);
 }
 
-function normalise(info: BlockDirtyInfo): BitmapStatus {
+/** `query-block`'s view of a bitmap, in the shape this package reports. @internal */
+export function bitmapStatusOf(info: BlockDirtyInfo): BitmapStatus {
   return {
     name: info.name ?? '',
     count: info.count,
@@ -144,20 +145,20 @@ export async function listBitmaps(
 ): Promise<BitmapStatus[] | Map<string, BitmapStatus[]>> {
   if (node !== undefined) {
     const resolved = await resolveNode(qmp, node, options);
-    return (resolved.info['dirty-bitmaps'] ?? []).map(normalise);
+    return (resolved.info['dirty-bitmaps'] ?? []).map(bitmapStatusOf);
   }
   const all = new Map<string, BitmapStatus[]>();
   const nodes = await execute<BlockDeviceInfo[]>(qmp, 'query-named-block-nodes', { flat: true }, options);
   for (const n of nodes) {
     const bitmaps = n['dirty-bitmaps'];
-    if (n['node-name'] && bitmaps && bitmaps.length > 0) all.set(n['node-name'], bitmaps.map(normalise));
+    if (n['node-name'] && bitmaps && bitmaps.length > 0) all.set(n['node-name'], bitmaps.map(bitmapStatusOf));
   }
   // Devices whose root node has no node-name given by the user still have bitmaps worth listing.
   const blocks = await execute<BlockInfo[]>(qmp, 'query-block', undefined, options);
   for (const b of blocks) {
     const name = b.inserted?.['node-name'];
     const bitmaps = b.inserted?.['dirty-bitmaps'];
-    if (bitmaps && bitmaps.length > 0 && !(name && all.has(name))) all.set(b.device, bitmaps.map(normalise));
+    if (bitmaps && bitmaps.length > 0 && !(name && all.has(name))) all.set(b.device, bitmaps.map(bitmapStatusOf));
   }
   return all;
 }

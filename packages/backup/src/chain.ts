@@ -3,7 +3,7 @@ import { access, mkdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { UnsupportedQcow2LayoutError, createQcow2Image, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
-import { checkGranularity, removeBitmap, resolveNode } from './bitmaps.js';
+import { bitmapStatusOf, checkGranularity, removeBitmap, resolveNode } from './bitmaps.js';
 import type { BitmapStatus } from './bitmaps.js';
 import {
   BackupJobError,
@@ -207,15 +207,7 @@ abstract class BackupChainBase {
         fail('bitmap-missing', `bitmap "${bitmapName}" does not exist (QEMU was restarted or it was removed)`);
         continue;
       }
-      const bitmap: BitmapStatus = {
-        name: bitmapName,
-        count: info.count,
-        granularity: info.granularity,
-        persistent: info.persistent,
-        busy: info.busy,
-        recording: info.recording,
-        inconsistent: info.inconsistent ?? false,
-      };
+      const bitmap: BitmapStatus = bitmapStatusOf(info);
       const extra: Partial<DriveCheck> = { bitmap };
       if (driveSize !== undefined) extra.driveSize = driveSize;
       if (bitmap.inconsistent) {
