@@ -58,8 +58,22 @@ export type QmpTranscriptEntry =
       direction: 'in';
       time: number;
       message: unknown;
-      /** Set when the message was not delivered: a reply whose id matches no pending command. */
-      dropped?: 'unknown-id';
+      /**
+       * Set when the message was not delivered: `'unknown-id'` for a reply whose id matches no
+       * pending command, `'negotiation-noise'` for an error reply without an id received while
+       * negotiation was being repaired (see `QmpClient.connect`).
+       */
+      dropped?: 'unknown-id' | 'negotiation-noise';
+    }
+  | {
+      /**
+       * Bytes written that are not a command: the single byte 0xFF sent while negotiating to
+       * put the server's JSON parser back into a known state after it reported input it could
+       * not parse.
+       */
+      direction: 'out-raw';
+      time: number;
+      message: Uint8Array;
     }
   | {
       /**
@@ -170,8 +184,16 @@ function openSocketOnce(target: string | { path: string } | { host: string; port
 // Retries start at 1 ms and stay short: a QEMU being launched creates its socket within
 // milliseconds, and each retry costs only a failed connect(), so a long back-off would
 // mostly add latency to every launch.
-/** How often negotiation restarts for a repeated greeting before the connection is given up. */
+/** How often negotiation restarts (repeated greeting, unparsed input) before the connection is given up. */
 const MAX_NEGOTIATION_RESTARTS = 3;
+/**
+ * Any byte that can never appear in JSON text makes QEMU's JSON lexer report one error and
+ * start afresh, whatever state it was in (mid-string included); the QMP specification names
+ * 0xFF for this.
+ */
+const RESYNC_BYTE = Buffer.of(0xff);
+/** How long a qmp_capabilities sent after a resync may go unanswered before another resync. */
+const RESYNC_ATTEMPT_TIMEOUT = 1000;
 
 const FIRST_RETRY_DELAY = 1;
 const MAX_RETRY_DELAY = 10;
@@ -357,9 +379,10 @@ function raceDeadline<T>(
  * Commands get increasing integer ids and are matched to replies by id, so any number
  * may be in flight. A reply whose id matches nothing (for example one arriving after its
  * command timed out) is dropped and reported to the transcript. A disconnect, malformed
- * data, or an error reply without an id (QEMU's way of saying it could not parse what it
- * got) ends the connection: every pending command, `events.wait()` and `events.stream()`
- * then fails with a `QmpConnectionError` whose `cause` says why.
+ * data, or (once negotiated) an error reply without an id (QEMU's way of saying it could
+ * not parse what it got) ends the connection: every pending command, `events.wait()` and
+ * `events.stream()` then fails with a `QmpConnectionError` whose `cause` says why. During
+ * negotiation, a repeated greeting or an id-less error restarts it (a QEMU 7.2 start-up race).
  */
 export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventSpecs<E> = QmpEvents> {
   /** Events of this connection: listeners, waits, streams and the history buffer. */
@@ -377,7 +400,7 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
   #nextId = 0;
   #greeting: QmpGreeting | undefined;
   #greetingWaiter: { resolve: (g: QmpGreeting) => void; reject: (e: unknown) => void } | undefined;
-  #onRepeatedGreeting: (() => void) | undefined;
+  #onNegotiationNoise: ((noise: 'greeting' | 'unparsed') => void) | undefined;
   #oob = false;
   #outbox = '';
   #batching = false;
@@ -558,35 +581,57 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     }
     // QEMU 7.2 can open a monitor connection twice when a client connects while the monitor is
     // still being set up (seen with qemu-storage-daemon connected to within a millisecond of its
-    // socket appearing): a second greeting follows, the monitor is back in negotiation mode, and
-    // a qmp_capabilities already sent may be dropped unanswered. So a greeting that arrives while
-    // qmp_capabilities is pending restarts negotiation; the abandoned command's late reply is
-    // dropped as an unknown id. On a repeat, "already negotiated" (CommandNotFound) means the
-    // earlier command took effect after the reset, which is success too.
+    // socket appearing). Two things follow, alone or together:
+    // - a second greeting: the monitor is back in negotiation mode, and a qmp_capabilities
+    //   already sent may be dropped unanswered;
+    // - an error reply without an id ("JSON parse error, ..."): for a moment the input was read
+    //   from two places, so what reached the JSON parser was not what was sent.
+    // Either restarts negotiation. After a parse error the new attempt starts with RESYNC_BYTE,
+    // so leftover input cannot swallow the new command; the byte earns one more id-less error
+    // (absorbed), and replies to the abandoned command are dropped as unknown ids. On a repeat,
+    // "already negotiated" (CommandNotFound) means an earlier command took effect after all,
+    // which is success too. Outside negotiation an id-less error still ends the connection.
+    let resync = false;
     for (let attempt = 0; ; attempt++) {
       const remaining = Math.max(1, deadline - Date.now());
       const abandon = new AbortController();
       const commandSignal = signal ? AbortSignal.any([signal, abandon.signal]) : abandon.signal;
-      const regreeted = new Promise<'regreeted'>((resolve) => {
-        this.#onRepeatedGreeting = () => resolve('regreeted');
+      const attemptResync = resync;
+      const disturbed = new Promise<'greeting' | 'unparsed'>((resolve) => {
+        this.#onNegotiationNoise = (noise) => {
+          // After a resync, id-less errors are the expected answer to the resync byte and to
+          // leftovers it cleared; only a reply (or a timeout) ends that attempt.
+          if (noise === 'unparsed' && attemptResync) return;
+          resolve(noise);
+        };
       });
-      const sent = this.#send('qmp_capabilities', enable.length > 0 ? { enable } : undefined, { timeout: remaining, signal: commandSignal }, false);
+      if (attemptResync) this.#writeRaw(RESYNC_BYTE);
+      const timeout = attemptResync ? Math.min(remaining, RESYNC_ATTEMPT_TIMEOUT) : remaining;
+      const sent = this.#send('qmp_capabilities', enable.length > 0 ? { enable } : undefined, { timeout, signal: commandSignal }, false);
+      let restartReason: string;
       try {
-        const outcome = await Promise.race([sent.then(() => 'negotiated' as const), regreeted]);
+        const outcome = await Promise.race([sent.then(() => 'negotiated' as const), disturbed]);
         if (outcome === 'negotiated') break;
         abandon.abort();
         sent.catch(() => undefined);
-        if (attempt >= MAX_NEGOTIATION_RESTARTS) {
-          throw new QmpNegotiationError(`${this.target} greeted ${attempt + 2} times while negotiating; giving up`, { offered });
-        }
+        if (outcome === 'unparsed') resync = true;
+        restartReason = outcome === 'greeting' ? 'greeted again' : 'could not parse its input';
       } catch (error) {
         if (QmpCommandError.isInstance(error)) {
           if (attempt > 0 && error.errorClass === 'CommandNotFound') break;
           throw new QmpNegotiationError(`qmp_capabilities was refused: ${error.desc}`, { cause: error, offered });
         }
-        throw error;
+        // A resync attempt that went unanswered is tried again while the deadline allows.
+        if (!(attemptResync && QmpTimeoutError.isInstance(error) && Date.now() < deadline)) throw error;
+        restartReason = 'did not answer qmp_capabilities after a resync';
       } finally {
-        this.#onRepeatedGreeting = undefined;
+        this.#onNegotiationNoise = undefined;
+      }
+      if (attempt >= MAX_NEGOTIATION_RESTARTS) {
+        throw new QmpNegotiationError(
+          `${this.target} disturbed negotiation ${attempt + 1} times (last: ${restartReason}); giving up`,
+          { offered },
+        );
       }
     }
     this.#oob = enable.includes('oob');
@@ -648,6 +693,14 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     if (!stream.destroyed && !stream.writableEnded) stream.write(line);
     this.#batching = true;
     process.nextTick(this.#flush);
+  }
+
+  /** Writes bytes that are not a command, after anything batched, so order is kept. */
+  #writeRaw(bytes: Buffer): void {
+    this.#flush();
+    const stream = this.#stream;
+    if (!stream.destroyed && !stream.writableEnded) stream.write(bytes);
+    if (this.#transcript) this.#record({ direction: 'out-raw', time: Date.now(), message: Uint8Array.from(bytes) });
   }
 
   readonly #flush = (): void => {
@@ -734,7 +787,7 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
         if (this.#greeting && this.#state.kind === 'negotiating') {
           // The monitor was opened again (see #negotiate): its latest greeting counts.
           this.#greeting = kind.message;
-          this.#onRepeatedGreeting?.();
+          this.#onNegotiationNoise?.('greeting');
           return;
         }
         if (this.#greeting || !waiter) {
@@ -756,6 +809,13 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     const entry = typeof id === 'number' ? this.#pending.get(id) : undefined;
     if (entry === undefined) {
       if (id === undefined && isErrorReply(reply)) {
+        const onNoise = this.#onNegotiationNoise;
+        if (onNoise && this.#state.kind === 'negotiating') {
+          // Only qmp_capabilities has been sent; #negotiate repairs the session (see there).
+          if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: reply, dropped: 'negotiation-noise' });
+          onNoise('unparsed');
+          return;
+        }
         if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: reply });
         // QEMU answers without an id only when it could not even parse a request, so the
         // two sides no longer agree on what was sent; nothing pending can be trusted.

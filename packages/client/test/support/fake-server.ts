@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import { QmpClient, type ConnectOptions, type LooseCommands, type LooseEvents } from '../../src/index.js';
 
 /** The scripted server answers any command name, so its clients are untyped. */
@@ -26,14 +27,19 @@ export class FakeConnection {
   readonly #received: Record<string, unknown>[] = [];
   readonly #waiters: ((message: Record<string, unknown>) => void)[] = [];
   #buffer = '';
+  /** 0xFF bytes (the client's parser resync) received so far; they are not part of any line. */
+  resyncBytes = 0;
   readonly ended: Promise<void>;
 
   constructor(socket: Socket) {
     this.socket = socket;
-    socket.setEncoding('utf8');
+    // Bytes, not text: 0xFF never occurs in UTF-8, so it is counted and removed before decoding.
+    const decoder = new StringDecoder('utf8');
     // The client writes one command per line, so a line splitter is enough here.
-    socket.on('data', (text: string) => {
-      this.#buffer += text;
+    socket.on('data', (chunk: Buffer) => {
+      const kept = chunk.filter((byte) => byte !== 0xff);
+      this.resyncBytes += chunk.length - kept.length;
+      this.#buffer += decoder.write(Buffer.from(kept));
       let newline: number;
       while ((newline = this.#buffer.indexOf('\n')) >= 0) {
         const line = this.#buffer.slice(0, newline);
