@@ -410,7 +410,14 @@ export abstract class QemuProcess implements AsyncDisposable {
         throw new MachineConfigError('tmpDir', this.#options.tmpDir, `the QMP socket path ${socketPath} is longer than ${MAX_SOCKET_PATH} bytes`);
       }
       const chardevId = 'qmpkit-qmp';
-      const chardev = `socket,id=${chardevId},path=${escapeOptionValue(socketPath)},server=on,wait=off`;
+      // wait=on: QEMU accepts our connection while it creates the chardev, before the monitor
+      // exists. With wait=off, QEMU 7.2 accepts in its main thread while the monitor attaches
+      // its handlers in the monitor I/O thread; when the two overlap, the socket is left with a
+      // reader in each thread. They take turns at single bytes, so commands reach the JSON parser
+      // mangled ("JSON parse error, stray '-ve'") for the life of the connection, and the monitor
+      // may also greet twice. No client can repair that; connecting before the monitor exists
+      // avoids it. (The client still resyncs a mangled negotiation for other servers.)
+      const chardev = `socket,id=${chardevId},path=${escapeOptionValue(socketPath)},server=on,wait=on`;
       const argv = [binary, ...this.buildArguments(chardev, chardevId)];
       const ownsLog = this.#options.logFile === undefined;
       const logPath = this.#options.logFile ?? join(dir, 'qemu.log');
