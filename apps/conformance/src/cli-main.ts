@@ -61,6 +61,7 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
       jobs: options.jobs,
       timeoutMs: options.timeoutMs,
       keepArtifacts: options.keepArtifacts,
+      compareWith: options.compareWith,
       ...(signal ? { signal } : {}),
       onCaseEnd: (r) => streams.stdout.write(`${formatCaseLine(r)}\n`),
     });

@@ -17,6 +17,8 @@ export interface CliOptions {
   junit: string | undefined;
   binaries: BinaryOptions;
   keepArtifacts: boolean;
+  /** Who compares the images: `compareImages` of @qmpkit/image-tools in this process, or qemu-img. */
+  compareWith: CompareEngine;
   /** Per-case limit in milliseconds. */
   timeoutMs: number;
   list: boolean;
@@ -24,6 +26,9 @@ export interface CliOptions {
 }
 
 export const DEFAULT_TIMEOUT_S = 60;
+
+export type CompareEngine = 'in-process' | 'qemu-img';
+const COMPARE_ENGINES: readonly CompareEngine[] = ['in-process', 'qemu-img'];
 
 export const USAGE = `Usage: qmpkit-conformance [options]
 
@@ -39,6 +44,8 @@ Options:
   --qemu-img PATH       qemu-img binary (default: $QEMU_IMG or qemu-img on PATH)
   --qemu-io PATH        qemu-io binary (default: $QEMU_IO or qemu-io on PATH)
   --keep-artifacts      keep the images and QEMU log of failed cases (their path is printed)
+  --compare-with WHO    who compares images: in-process (default; qcow2 and raw read by
+                        @qmpkit/image-tools, anything else handed to qemu-img) or qemu-img
   --timeout SECONDS     limit per case (default: ${DEFAULT_TIMEOUT_S})
   --list                print the case ids and exit
   -h, --help            print this help and exit
@@ -82,6 +89,7 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
         'qemu-img': { type: 'string' },
         'qemu-io': { type: 'string' },
         'keep-artifacts': { type: 'boolean' },
+        'compare-with': { type: 'string' },
         timeout: { type: 'string' },
         list: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -99,6 +107,14 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
   if (qemuImg !== undefined) binaries.qemuImg = qemuImg;
   if (qemuIo !== undefined) binaries.qemuIo = qemuIo;
 
+  const compareWith = values['compare-with'] ?? 'in-process';
+  if (!(COMPARE_ENGINES as readonly string[]).includes(compareWith)) {
+    throw new CliUsageError(`--compare-with needs one of ${COMPARE_ENGINES.join(', ')}, got "${compareWith}"`, {
+      option: '--compare-with',
+      value: compareWith,
+    });
+  }
+
   const filters = values.filter ?? [];
   for (const f of filters) nonEmpty('--filter', f);
 
@@ -109,6 +125,7 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
     junit: nonEmpty('--junit', values.junit),
     binaries,
     keepArtifacts: values['keep-artifacts'] ?? false,
+    compareWith: compareWith as CompareEngine,
     timeoutMs: Math.round(1000 * (values.timeout === undefined ? DEFAULT_TIMEOUT_S : positiveSeconds('--timeout', values.timeout))),
     list: values.list ?? false,
     help: values.help ?? false,

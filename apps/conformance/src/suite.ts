@@ -5,7 +5,7 @@ import { blkdebugCases } from './cases/blkdebug.js';
 import { incrementalBackupCases } from './cases/incremental-backup.js';
 import { imageTemplates } from './cases/scenario.js';
 import { CaseContext, ImageTemplates, makeTools, type SuiteTools } from './context.js';
-import type { BinaryOptions } from './options.js';
+import type { BinaryOptions, CompareEngine } from './options.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
 import { summarize } from './reporters.js';
 import { runCases, type CaseDefinition, type CaseResult } from './runner.js';
@@ -24,6 +24,8 @@ export interface RunConformanceOptions {
   /** Per-case limit, ms (default 60 s). */
   timeoutMs?: number;
   keepArtifacts?: boolean;
+  /** Who compares images (default in-process, see `makeTools`). */
+  compareWith?: CompareEngine;
   signal?: AbortSignal;
   onCaseStart?: (id: string) => void;
   onCaseEnd?: (result: CaseResult) => void;
@@ -80,7 +82,7 @@ async function versionFromBinary(binary: string, signal: AbortSignal | undefined
  */
 export async function runConformance(options: RunConformanceOptions = {}): Promise<ConformanceResult> {
   const binaries = options.binaries ?? {};
-  const tools: SuiteTools = makeTools(binaries);
+  const tools: SuiteTools = makeTools(binaries, options.compareWith);
   const selected =
     options.ids === undefined ? conformanceCases : conformanceCases.filter((c) => options.ids?.includes(c.id));
   const templates = new ImageTemplates(tools);

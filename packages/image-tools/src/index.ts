@@ -36,6 +36,8 @@ export type {
   ReadRequest,
   WriteRequest,
 } from './qemu-io.js';
+export { compareImages } from './image-compare.js';
+export type { CompareImagesOptions, ImageComparison } from './image-compare.js';
 export { createQcow2Image } from './qcow2-create.js';
 export type { Qcow2ImageOptions } from './qcow2-create.js';
 export { formatSize, parseSize, parseSizeBigInt } from './size.js';

@@ -388,7 +388,7 @@ export class Scenario {
           await Promise.allSettled(this.#comparisons.values());
         });
       }
-      pending = this.ctx.qemuImg.compare(a, b, { formatA: IMAGE_FORMAT, formatB: IMAGE_FORMAT, ...this.call });
+      pending = this.ctx.compare(a, b);
       // Awaited by checkBackups; until then a rejection is not unhandled.
       pending.catch(() => undefined);
       this.#comparisons.set(key, pending);
