@@ -181,7 +181,8 @@ describe('qmpkit-conformance', () => {
 
   it('--keep-artifacts keeps the images and QEMU log of a failed case and prints where', async () => {
     // qemu-img that finds every comparison different: the case fails at its final check,
-    // after QEMU ran and every image was made.
+    // after QEMU ran and every image was made. (--compare-with qemu-img: by default images are
+    // compared in-process and this qemu-img would not be asked.)
     const wrapper = join(reports, 'qemu-img-differs');
     const realQemuImg = execOnPath('qemu-img');
     writeFileSync(
@@ -189,7 +190,7 @@ describe('qmpkit-conformance', () => {
       `#!/bin/sh\nif [ "$1" = compare ]; then echo "Content mismatch at offset 0!"; exit 1; fi\nexec ${realQemuImg} "$@"\n`,
     );
     chmodSync(wrapper, 0o755);
-    const run = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper, '--keep-artifacts']);
+    const run = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper, '--compare-with', 'qemu-img', '--keep-artifacts']);
     expect(run.code).toBe(1);
     expect(run.lines[run.lines.length - 1]).toBe('0 passed, 1 failed');
     expect(run.stdout).toMatch(/image comparison drive0\.bitmap0\.inc0\.qcow2 against drive0\.bitmap0\.ref0\.qcow2: expected "identical", got "different"/);

@@ -106,6 +106,8 @@ describe('command line', () => {
       '--qemu-io',
       '/opt/q/qemu-io',
       '--keep-artifacts',
+      '--compare-with',
+      'qemu-img',
       '--timeout',
       '2.5',
     ]);
@@ -116,8 +118,10 @@ describe('command line', () => {
       junit: 'r.xml',
       binaries: { qemuSystem: '/opt/q/qemu-system-x86_64', qemuImg: '/opt/q/qemu-img', qemuIo: '/opt/q/qemu-io' },
       keepArtifacts: true,
+      compareWith: 'qemu-img',
       timeoutMs: 2500,
     });
+    expect(parseCliOptions([]).compareWith).toBe('in-process');
   });
 
   it('defaults jobs to the number of cores', () => {
@@ -132,6 +136,7 @@ describe('command line', () => {
     [['--timeout', '0'], '--timeout'],
     [['--timeout', 'soon'], '--timeout'],
     [['--json', ''], '--json'],
+    [['--compare-with', 'cmp'], '--compare-with'],
   ])('rejects %j naming the option', (argv, option) => {
     let caught: unknown;
     try {
