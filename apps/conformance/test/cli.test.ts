@@ -161,10 +161,12 @@ describe('qmpkit-conformance', () => {
     expect(none.stderr).toMatch(/no case matches --filter "no_such_case"/);
   }, 120_000);
 
-  it('a broken qemu-img fails the cases (exit 1) and leaves nothing without --keep-artifacts', async () => {
-    const missing = join(root, 'no-such-dir', 'qemu-img');
+  it('a broken qemu-io fails the cases (exit 1) and leaves nothing without --keep-artifacts', async () => {
+    // qemu-io writes the starting patterns every case needs (qemu-img is no longer on that
+    // path: empty images are written and compared in-process).
+    const missing = join(root, 'no-such-dir', 'qemu-io');
     const json = join(reports, 'failed.json');
-    const run = await runCli(['--filter', 'test_incremental_simple', '--filter', 'bad_granularity', '--qemu-img', missing, '--json', json]);
+    const run = await runCli(['--filter', 'test_incremental_simple', '--filter', 'bad_granularity', '--qemu-io', missing, '--json', json]);
     expect(run.code).toBe(1);
     expect(run.lines[run.lines.length - 1]).toBe('0 passed, 2 failed');
     expect(caseLines(run).map((l) => l.status)).toEqual(['FAIL', 'FAIL']);
@@ -172,7 +174,7 @@ describe('qmpkit-conformance', () => {
     expect(run.stdout).toContain(missing);
     expect(run.stdout).not.toContain('artifacts kept');
     const report = JSON.parse(readFileSync(json, 'utf8')) as { cases: Array<Record<string, unknown>>; qemu: { binaries: Record<string, string> } };
-    expect(report.qemu.binaries['qemu-img']).toBe(missing);
+    expect(report.qemu.binaries['qemu-io']).toBe(missing);
     for (const c of report.cases) {
       expect(c['status']).toBe('failed');
       expect(c['error']).toEqual(expect.stringContaining(missing));
