@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Packaging test: what `npm install @qmpkit/<pkg>` gives people outside this repository.
 //
-// For every published package (packages/*/package.json without "private": true):
+// For every published package (packages/*/ and apps/*/package.json without "private": true):
 //  1. `pnpm pack` it (this is where `workspace:` and `catalog:` versions get replaced);
 //  2. lint the tarball with publint; any message (error, warning or suggestion) fails;
 // then install all tarballs together (so @qmpkit packages find each other; external
@@ -46,15 +46,19 @@ function run(command, args, cwd) {
 }
 
 async function publishedPackages() {
-  const dirs = (await readdir(join(root, 'packages'), { withFileTypes: true })).filter((d) => d.isDirectory());
   const packages = [];
-  for (const dir of dirs.sort((a, b) => a.name.localeCompare(b.name))) {
-    const pkgDir = join(root, 'packages', dir.name);
-    const manifestPath = join(pkgDir, 'package.json');
-    if (!existsSync(manifestPath)) continue;
-    const manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
-    if (manifest.private === true) continue;
-    packages.push({ name: manifest.name, dir: pkgDir, manifest });
+  // Libraries under packages/, and apps/ too: the conformance app is published for people to
+  // run against their own QEMU builds.
+  for (const parent of ['packages', 'apps']) {
+    const dirs = (await readdir(join(root, parent), { withFileTypes: true })).filter((d) => d.isDirectory());
+    for (const dir of dirs.sort((a, b) => a.name.localeCompare(b.name))) {
+      const pkgDir = join(root, parent, dir.name);
+      const manifestPath = join(pkgDir, 'package.json');
+      if (!existsSync(manifestPath)) continue;
+      const manifest = JSON.parse(await readFile(manifestPath, 'utf8'));
+      if (manifest.private === true) continue;
+      packages.push({ name: manifest.name, dir: pkgDir, manifest });
+    }
   }
   return packages;
 }
@@ -201,13 +205,21 @@ async function checkProject(style, dir, packages) {
   }
   const typecheck = run(process.execPath, [tsc, '-p', 'tsconfig.json'], dir);
   record('all', `tsc --noEmit with NodeNext (${label})`, typecheck.ok, typecheck.output);
+  // Each command a package installs must start from the consumer's node_modules/.bin.
+  for (const pkg of packages) {
+    const bins = typeof pkg.manifest.bin === 'string' ? { [pkg.name.split('/').pop()]: pkg.manifest.bin } : (pkg.manifest.bin ?? {});
+    for (const name of Object.keys(bins)) {
+      const help = run(join(dir, 'node_modules', '.bin', name), ['--help'], dir);
+      record(pkg.name, `${name} --help runs from node_modules/.bin (${label})`, help.ok && /usage:/i.test(help.output), help.output);
+    }
+  }
 }
 
 const scratch = await mkdtemp(join(tmpdir(), 'qmpkit-packaging-'));
 let crashed;
 try {
   const packages = await publishedPackages();
-  if (packages.length === 0) throw new Error('no published packages found under packages/');
+  if (packages.length === 0) throw new Error('no published packages found under packages/ or apps/');
   process.stdout.write(`[packaging] published packages: ${packages.map((p) => p.name).join(', ')}\n`);
   const tarballDir = join(scratch, 'tarballs');
   await mkdir(tarballDir);
