@@ -6,9 +6,17 @@
 // with an error without an id ("JSON parse error, expecting value"); connect() failed with
 // "sent an error reply without an id" (seen once in CI).
 import { QmpConnectionError, QmpNegotiationError, type QmpTranscriptEntry } from '../src/index.js';
-import { GREETING, rejectionOf, useFakeQmpServer } from './support/fake-server.js';
+import { GREETING, rejectionOf, useFakeQmpServer, type FakeConnection, type LooseClient } from './support/fake-server.js';
 
 const fx = useFakeQmpServer();
+
+/** After a repaired negotiation the connection serves a command as usual. */
+async function expectUsable(client: LooseClient, connection: FakeConnection): Promise<void> {
+  const status = client.execute('query-status');
+  const command = await connection.receive();
+  await connection.send(`{"return": {"status": "running", "running": true}, "id": ${JSON.stringify(command['id'])}}\n`);
+  await expect(status).resolves.toEqual({ status: 'running', running: true });
+}
 
 test('a greeting while qmp_capabilities is pending restarts negotiation', async () => {
   const accepted = fx.server.accept();
@@ -25,11 +33,7 @@ test('a greeting while qmp_capabilities is pending restarts negotiation', async 
   await connection.send(`{"return": {}, "id": ${JSON.stringify(second['id'])}}\n`);
   const client = await pending;
   expect(client.state).toBe('ready');
-  // The connection is usable afterwards.
-  const status = client.execute('query-status');
-  const command = await connection.receive();
-  await connection.send(`{"return": {"status": "running", "running": true}, "id": ${JSON.stringify(command['id'])}}\n`);
-  await expect(status).resolves.toEqual({ status: 'running', running: true });
+  await expectUsable(client, connection);
 });
 
 test('"already negotiated" on the repeated qmp_capabilities counts as success', async () => {
@@ -97,10 +101,7 @@ test('an id-less parse error while negotiating resyncs the parser and negotiates
   await connection.send(`{"return": {}, "id": ${JSON.stringify(second['id'])}}\r\n`);
   const client = await pending;
   expect(client.state).toBe('ready');
-  const status = client.execute('query-status');
-  const command = await connection.receive();
-  await connection.send(`{"return": {"status": "running", "running": true}, "id": ${JSON.stringify(command['id'])}}\n`);
-  await expect(status).resolves.toEqual({ status: 'running', running: true });
+  await expectUsable(client, connection);
   // Nothing vanished: the three id-less errors are in the transcript, marked as absorbed.
   const noise = transcript.filter((entry) => entry.direction === 'in' && entry.dropped === 'negotiation-noise');
   expect(noise).toHaveLength(3);
