@@ -39,7 +39,6 @@ const ZERO: RangeContent = { kind: 'zero' };
 
 export interface ImageLayer {
   readonly file: string;
-  readonly format: 'qcow2' | 'raw';
   /** Guest size in bytes. */
   readonly size: number;
   /** The smallest cluster in this layer and its backing chain: ranges this big never straddle a cluster. */
@@ -81,7 +80,6 @@ function entryOffset(high: number, low: number): number {
 }
 
 class RawLayer implements ImageLayer {
-  readonly format = 'raw' as const;
   readonly chainGranule = 64 * 1024;
   constructor(readonly file: string, readonly size: number, private readonly fd: number) {}
 
@@ -99,7 +97,6 @@ class RawLayer implements ImageLayer {
 }
 
 class Qcow2Layer implements ImageLayer {
-  readonly format = 'qcow2' as const;
   readonly chainGranule: number;
   readonly #entriesPerL2: number;
 
