@@ -6,6 +6,7 @@
 // depends on which of the two produced it.
 import { checkCallOptions, checkOptionsObject, fileArgument, wordArgument } from './arguments.js';
 import { ImageToolsAbortError, ImageToolsArgumentError } from './errors.js';
+import { conflictingLock } from './image-locks.js';
 import { openImage, UnreadableImage, type ImageLayer, type RangeContent } from './image-read.js';
 import { qemuImg as defaultQemuImg, type QemuImg } from './qemu-img.js';
 import type { CompareResult } from './qemu-img-types.js';
@@ -36,7 +37,10 @@ export interface ImageComparison extends CompareResult {
  * L2 entries, an external data file, the corrupt flag, a backing file without a recorded format
  * or behind a protocol, or an unknown format are handed to qemu-img (`engine` says which ran).
  *
- * Unlike qemu-img it takes no image locks: compare images that nothing is writing.
+ * Like qemu-img it refuses an image another process holds open for writing: it reads QEMU's
+ * image locks from the kernel's lock table before and after reading (it cannot take them), and
+ * when one conflicts, or the table cannot be read, the comparison goes to qemu-img, which then
+ * fails with its own lock error (`QemuImgError`) or, once the image is free, compares it.
  *
  * ```ts
  * const { identical, message } = await compareImages('inc0.qcow2', 'ref0.qcow2', { formatA: 'qcow2', formatB: 'qcow2' });
@@ -97,49 +101,14 @@ async function compareInProcess(
     throw error;
   }
   try {
-    // A step never straddles a cluster of any layer of either chain, so each side of a step is
-    // wholly zero or wholly one run of data.
-    const step = Math.min(a.chainGranule, b.chainGranule);
-    const bufferA = Buffer.allocUnsafe(step);
-    const bufferB = Buffer.allocUnsafe(step);
-    let budgetBytes = BYTES_PER_SLICE;
-    let budgetSteps = STEPS_PER_SLICE;
-    const pace = async (bytes: number): Promise<void> => {
-      budgetBytes -= bytes;
-      if (--budgetSteps > 0 && budgetBytes > 0) return;
-      budgetBytes = BYTES_PER_SLICE;
-      budgetSteps = STEPS_PER_SLICE;
-      await nextTurn();
-      checkStopped();
-    };
-    const common = Math.min(a.size, b.size);
-    for (let offset = 0; offset < common; offset += step) {
-      const length = Math.min(step, common - offset);
-      const contentA = a.content(offset, length);
-      const contentB = b.content(offset, length);
-      if (contentA.kind === 'zero' && contentB.kind === 'zero') {
-        await pace(0);
-        continue;
-      }
-      fill(contentA, bufferA, length);
-      fill(contentB, bufferB, length);
-      const sector = firstDifferentSector(bufferA, bufferB, length);
-      if (sector >= 0) return mismatch(offset + sector);
-      await pace(length);
-    }
-    if (a.size === b.size) return { identical: true, message: 'Images are identical.' };
-    // qemu-img warns first, then requires the larger image's extra part to read as zeros.
-    const over = a.size > b.size ? a : b;
-    for (let offset = common; offset < over.size; offset += step) {
-      const length = Math.min(step, over.size - offset);
-      const content = over.content(offset, length);
-      if (content.kind === 'data') {
-        fill(content, bufferA, length);
-        if (firstNonZeroSector(bufferA, length) >= 0) return { identical: false, message: 'Warning: Image size mismatch!' };
-      }
-      await pace(content.kind === 'data' ? length : 0);
-    }
-    return { identical: true, message: 'Warning: Image size mismatch!' };
+    const files = [...a.openFiles(), ...b.openFiles()];
+    const locked = conflictingLock(files);
+    if (locked !== undefined) throw new UnreadableImage(locked.file, locked.reason);
+    const result = await compareLayers(a, b, checkStopped);
+    // A writer that came while the images were read may have torn what was read.
+    const lockedSince = conflictingLock(files);
+    if (lockedSince !== undefined) throw new UnreadableImage(lockedSince.file, `${lockedSince.reason}, since it was read`);
+    return result;
   } finally {
     try {
       a.close();
@@ -147,6 +116,52 @@ async function compareInProcess(
       b.close();
     }
   }
+}
+
+async function compareLayers(a: ImageLayer, b: ImageLayer, checkStopped: () => void): Promise<CompareResult> {
+  // A step never straddles a cluster of any layer of either chain, so each side of a step is
+  // wholly zero or wholly one run of data.
+  const step = Math.min(a.chainGranule, b.chainGranule);
+  const bufferA = Buffer.allocUnsafe(step);
+  const bufferB = Buffer.allocUnsafe(step);
+  let budgetBytes = BYTES_PER_SLICE;
+  let budgetSteps = STEPS_PER_SLICE;
+  const pace = async (bytes: number): Promise<void> => {
+    budgetBytes -= bytes;
+    if (--budgetSteps > 0 && budgetBytes > 0) return;
+    budgetBytes = BYTES_PER_SLICE;
+    budgetSteps = STEPS_PER_SLICE;
+    await nextTurn();
+    checkStopped();
+  };
+  const common = Math.min(a.size, b.size);
+  for (let offset = 0; offset < common; offset += step) {
+    const length = Math.min(step, common - offset);
+    const contentA = a.content(offset, length);
+    const contentB = b.content(offset, length);
+    if (contentA.kind === 'zero' && contentB.kind === 'zero') {
+      await pace(0);
+      continue;
+    }
+    fill(contentA, bufferA, length);
+    fill(contentB, bufferB, length);
+    const sector = firstDifferentSector(bufferA, bufferB, length);
+    if (sector >= 0) return mismatch(offset + sector);
+    await pace(length);
+  }
+  if (a.size === b.size) return { identical: true, message: 'Images are identical.' };
+  // qemu-img warns first, then requires the larger image's extra part to read as zeros.
+  const over = a.size > b.size ? a : b;
+  for (let offset = common; offset < over.size; offset += step) {
+    const length = Math.min(step, over.size - offset);
+    const content = over.content(offset, length);
+    if (content.kind === 'data') {
+      fill(content, bufferA, length);
+      if (firstNonZeroSector(bufferA, length) >= 0) return { identical: false, message: 'Warning: Image size mismatch!' };
+    }
+    await pace(content.kind === 'data' ? length : 0);
+  }
+  return { identical: true, message: 'Warning: Image size mismatch!' };
 }
 
 function mismatch(offset: number): CompareResult {

@@ -49,6 +49,8 @@ export interface ImageLayer {
    */
   content(offset: number, length: number): RangeContent;
   read(hostOffset: number, into: Buffer, at: number, length: number): void;
+  /** The open files of this layer and its backing chain, top first (for the lock check). */
+  openFiles(): Array<{ file: string; fd: number }>;
   close(): void;
 }
 
@@ -89,6 +91,10 @@ class RawLayer implements ImageLayer {
 
   read(hostOffset: number, into: Buffer, at: number, length: number): void {
     readExactly(this.fd, hostOffset, into, at, length);
+  }
+
+  openFiles(): Array<{ file: string; fd: number }> {
+    return [{ file: this.file, fd: this.fd }];
   }
 
   close(): void {
@@ -136,6 +142,10 @@ class Qcow2Layer implements ImageLayer {
 
   read(hostOffset: number, into: Buffer, at: number, length: number): void {
     readExactly(this.fd, hostOffset, into, at, length);
+  }
+
+  openFiles(): Array<{ file: string; fd: number }> {
+    return [{ file: this.file, fd: this.fd }, ...(this.backing?.openFiles() ?? [])];
   }
 
   close(): void {

@@ -2,6 +2,7 @@
 // itself, and hand everything else to qemu-img. Each case is checked against the real
 // qemu-img on the same files.
 import fc from 'fast-check';
+import { spawn } from 'node:child_process';
 import { copyFileSync, writeFileSync } from 'node:fs';
 import { compareImages, createQcow2Image, ImageToolsAbortError, qemuImg, qemuIo, QemuImgError } from '../src/index.js';
 import { createScratch, rejection, type Scratch } from './scratch.js';
@@ -125,6 +126,50 @@ test('a missing image is qemu-img\'s error, with its words', async () => {
   const error = await rejection(compareImages(a, scratch.path('missing.qcow2'), Q));
   expect(QemuImgError.isInstance(error)).toBe(true);
   expect((error as Error).message).toMatch(/missing\.qcow2/);
+});
+
+/** A qemu-io process holding `file` open (read-write unless `readOnly`) until `close()`. */
+async function holdOpen(file: string, readOnly: boolean): Promise<{ close(): Promise<void> }> {
+  const child = spawn('qemu-io', ['-f', 'qcow2', ...(readOnly ? ['-r'] : []), file], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  let out = '';
+  // The image is open (and locked) once qemu-io has answered its first command.
+  await new Promise<void>((resolve, reject) => {
+    child.on('error', reject);
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      out += chunk;
+      if (out.includes('read 512/512 bytes')) resolve();
+    });
+    child.stdin.write('read 0 512\n');
+  });
+  return {
+    close: async () => {
+      child.stdin.end('quit\n');
+      await exited;
+    },
+  };
+}
+
+test('an image another process holds open for writing is refused as qemu-img refuses it, a read-only user is not', async () => {
+  const a = await image('held.qcow2', ['write -P 0x11 0 64k']);
+  const b = await image('free.qcow2', ['write -P 0x11 0 64k']);
+  const writer = await holdOpen(a, false);
+  try {
+    // Handed to qemu-img, which fails to get its lock: the same outcome as qemu-img compare.
+    const error = await rejection(compareImages(b, a, Q));
+    expect(QemuImgError.isInstance(error)).toBe(true);
+    expect((error as QemuImgError).exitCode).toBe(2);
+    expect((error as QemuImgError).stderr).toMatch(/Failed to get shared "write" lock/);
+  } finally {
+    await writer.close();
+  }
+  const reader = await holdOpen(a, true);
+  try {
+    const result = await compareImages(a, b, Q);
+    expect(result).toMatchObject({ identical: true, engine: 'in-process' });
+  } finally {
+    await reader.close();
+  }
 });
 
 test('an aborted comparison rejects with ImageToolsAbortError', async () => {
