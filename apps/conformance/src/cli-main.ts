@@ -74,7 +74,7 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
   }
 
   if (options.json !== undefined) {
-    await writeReport(options.json, `${JSON.stringify(buildJsonReport(result.qemu, result.cases, result.summary.wallMs), null, 2)}\n`);
+    await writeReport(options.json, `${JSON.stringify(buildJsonReport(result.qemu, result.cases, result.summary.wallMs, result.checks), null, 2)}\n`);
   }
   if (options.junit !== undefined) {
     await writeReport(options.junit, buildJunitReport(result.qemu, result.cases, result.summary.wallMs));

@@ -2,12 +2,14 @@ import { constants as fsConstants } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { compareImages, createQcow2Image, QemuImg, QemuIo, type CompareResult } from '@qmpkit/image-tools';
+import { createQcow2Image, QemuImg, QemuIo } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 
-import { CaseSkip } from './errors.js';
-import type { BinaryOptions, CompareEngine } from './options.js';
+import type { CheckDefinition } from './checks.js';
+import { CaseSkip, ConformanceError } from './errors.js';
+import type { BinaryOptions } from './options.js';
 import type { CaseScope } from './runner.js';
+import { DEFAULT_COMPARE_ENGINE, makeComparer, type CompareEngine, type ImageComparer, type Verdict } from './verdict.js';
 
 /** The image tools and the system emulator the cases run, as the CLI options chose them. */
 export interface SuiteTools {
@@ -15,24 +17,20 @@ export interface SuiteTools {
   qemuIo: QemuIo;
   /** undefined: the machine package's default lookup ($QEMU_SYSTEM, else qemu-system-x86_64 on PATH). */
   qemuSystem: string | undefined;
-  /** Compares two qcow2 images as `qemu-img compare` does, with the engine the options chose. */
-  compare(a: string, b: string, signal: AbortSignal): Promise<CompareResult>;
+  /** Who decides image comparisons (see verdict.ts). */
+  compareWith: CompareEngine;
+  /** Compares two qcow2 images as `qemu-img compare` does, with the engine(s) the options chose. */
+  compare: ImageComparer;
 }
 
-export function makeTools(binaries: BinaryOptions, compareWith: CompareEngine = 'in-process'): SuiteTools {
+export function makeTools(binaries: BinaryOptions, compareWith: CompareEngine = DEFAULT_COMPARE_ENGINE): SuiteTools {
   const qemuImg = new QemuImg(binaries.qemuImg === undefined ? {} : { binary: binaries.qemuImg });
-  const formats = { formatA: 'qcow2', formatB: 'qcow2' } as const;
   return {
     qemuImg,
     qemuIo: new QemuIo(binaries.qemuIo === undefined ? {} : { binary: binaries.qemuIo }),
     qemuSystem: binaries.qemuSystem,
-    // In-process by default: a run compares about 30 images, and a qemu-img process per
-    // comparison was a third of the suite's CPU time. Same verdicts (image-tools tests them
-    // against qemu-img); what the reader does not handle still goes to this qemu-img.
-    compare:
-      compareWith === 'qemu-img'
-        ? (a, b, signal) => qemuImg.compare(a, b, { ...formats, signal })
-        : (a, b, signal) => compareImages(a, b, { ...formats, qemuImg, signal }),
+    compareWith,
+    compare: makeComparer(compareWith, binaries.qemuImg ?? (process.env['QEMU_IMG'] || 'qemu-img')),
   };
 }
 
@@ -116,9 +114,16 @@ export class CaseContext {
   readonly #scope: CaseScope;
   readonly #templates: TemplateSource;
   readonly #observer: MachineObserver;
+  readonly #checks: Readonly<Record<string, CheckDefinition>>;
   #machines = 0;
 
-  constructor(scope: CaseScope, tools: SuiteTools, templates: TemplateSource, observer: MachineObserver) {
+  constructor(
+    scope: CaseScope,
+    tools: SuiteTools,
+    templates: TemplateSource,
+    observer: MachineObserver,
+    checks: Readonly<Record<string, CheckDefinition>>,
+  ) {
     this.id = scope.id;
     this.dir = scope.dir;
     this.signal = scope.signal;
@@ -126,6 +131,7 @@ export class CaseContext {
     this.#scope = scope;
     this.#templates = templates;
     this.#observer = observer;
+    this.#checks = checks;
   }
 
   get qemuImg(): QemuImg {
@@ -133,8 +139,26 @@ export class CaseContext {
   }
 
   /** Compares two of the case's qcow2 images (qemu-img compare's verdict), ending with the case. */
-  compare(a: string, b: string): Promise<CompareResult> {
+  compare(a: string, b: string): Promise<Verdict> {
     return this.tools.compare(a, b, this.signal);
+  }
+
+  /**
+   * Run `fn` as one pass of the named check: counted for the report when it returns, and a
+   * failure of the app's own kind is labelled with the check (`[suite: job-copied-dirty] ...`).
+   */
+  async checking<T>(name: string, fn: () => Promise<T> | T): Promise<T> {
+    const definition = this.#checks[name];
+    if (definition === undefined) throw new Error(`unknown check ${name}`);
+    let value: T;
+    try {
+      value = await fn();
+    } catch (error) {
+      if (ConformanceError.isInstance(error)) error.forCheck({ name, origin: definition.origin });
+      throw error;
+    }
+    this.#scope.recordCheck(name, definition.origin);
+    return value;
   }
 
   get qemuIo(): QemuIo {

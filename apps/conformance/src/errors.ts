@@ -1,3 +1,5 @@
+import { checkLabel, type FailedCheck } from './checks.js';
+
 // Every error the conformance app throws. Each class carries a `Symbol.for` brand so that
 // `isInstance` keeps working when two copies of the app's modules are loaded (jest + dist).
 
@@ -22,10 +24,23 @@ export class ConformanceError extends Error {
     return hasBrand(value, BASE_BRAND);
   }
 
+  /** The named check this failure belongs to, once a case has said (see `CaseContext.checking`). */
+  failedCheck: FailedCheck | undefined;
+
   constructor(message: string, options: ConformanceErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'ConformanceError';
+    this.failedCheck = undefined;
     Object.defineProperty(this, BASE_BRAND, { value: true });
+  }
+
+  /** Name the check this failure belongs to; its message then starts with `[origin: name]`. */
+  forCheck(check: FailedCheck): this {
+    if (this.failedCheck === undefined) {
+      this.failedCheck = { ...check };
+      this.message = `${checkLabel(check)} ${this.message}`;
+    }
+    return this;
   }
 }
 
@@ -71,6 +86,44 @@ export class CaseAssertionError extends ConformanceError {
     this.expected = expected;
     this.actual = actual;
     setBrand(this, 'CaseAssertionError');
+  }
+}
+
+/**
+ * Two comparison engines gave different verdicts on the same pair of images: at least one of
+ * them is wrong, so the comparison decides nothing and the case fails.
+ */
+export class EngineDisagreementError extends CaseAssertionError {
+  static override isInstance(value: unknown): value is EngineDisagreementError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.EngineDisagreementError'));
+  }
+
+  /** Each engine's verdict, e.g. `{ 'in-process': 'Images are identical.', 'qemu-img': 'Content mismatch at offset 0!' }`. */
+  readonly verdicts: Readonly<Record<string, string>>;
+
+  constructor(what: string, verdicts: Record<string, string>) {
+    super(`${what}: the comparison engines agree`, 'one verdict', verdicts);
+    this.name = 'EngineDisagreementError';
+    this.verdicts = { ...verdicts };
+    setBrand(this, 'EngineDisagreementError');
+  }
+}
+
+/** An image comparison could not be made (qemu-img exited 2 or worse, or could not run). */
+export class ComparisonError extends ConformanceError {
+  static override isInstance(value: unknown): value is ComparisonError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.ComparisonError'));
+  }
+
+  readonly engine: string;
+  readonly files: readonly [string, string];
+
+  constructor(engine: string, files: readonly [string, string], reason: string, options: ConformanceErrorOptions = {}) {
+    super(`${engine} could not compare ${files[0]} with ${files[1]}: ${reason}`, options);
+    this.name = 'ComparisonError';
+    this.engine = engine;
+    this.files = files;
+    setBrand(this, 'ComparisonError');
   }
 }
 

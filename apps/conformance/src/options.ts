@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 
 import { CliUsageError } from './errors.js';
+import { COMPARE_ENGINES, DEFAULT_COMPARE_ENGINE, type CompareEngine } from './verdict.js';
 
 /** Paths of the QEMU binaries under test; undefined means the SDK's default lookup. */
 export interface BinaryOptions {
@@ -17,7 +18,7 @@ export interface CliOptions {
   junit: string | undefined;
   binaries: BinaryOptions;
   keepArtifacts: boolean;
-  /** Who compares the images: `compareImages` of @qmpkit/image-tools in this process, or qemu-img. */
+  /** Who decides image comparisons: both engines (must agree), the SDK's in-process reader, or qemu-img. */
   compareWith: CompareEngine;
   /** Per-case limit in milliseconds. */
   timeoutMs: number;
@@ -27,8 +28,7 @@ export interface CliOptions {
 
 export const DEFAULT_TIMEOUT_S = 60;
 
-export type CompareEngine = 'in-process' | 'qemu-img';
-const COMPARE_ENGINES: readonly CompareEngine[] = ['in-process', 'qemu-img'];
+export type { CompareEngine };
 
 export const USAGE = `Usage: qmpkit-conformance [options]
 
@@ -44,8 +44,8 @@ Options:
   --qemu-img PATH       qemu-img binary (default: $QEMU_IMG or qemu-img on PATH)
   --qemu-io PATH        qemu-io binary (default: $QEMU_IO or qemu-io on PATH)
   --keep-artifacts      keep the images and QEMU log of failed cases (their path is printed)
-  --compare-with WHO    who compares images: in-process (default; qcow2 and raw read by
-                        @qmpkit/image-tools, anything else handed to qemu-img) or qemu-img
+  --compare-with WHO    who decides image comparisons: both (default: the SDK's in-process
+                        reader and qemu-img compare, which must agree), in-process or qemu-img
   --timeout SECONDS     limit per case (default: ${DEFAULT_TIMEOUT_S})
   --list                print the case ids and exit
   -h, --help            print this help and exit
@@ -107,7 +107,7 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
   if (qemuImg !== undefined) binaries.qemuImg = qemuImg;
   if (qemuIo !== undefined) binaries.qemuIo = qemuIo;
 
-  const compareWith = values['compare-with'] ?? 'in-process';
+  const compareWith = values['compare-with'] ?? DEFAULT_COMPARE_ENGINE;
   if (!(COMPARE_ENGINES as readonly string[]).includes(compareWith)) {
     throw new CliUsageError(`--compare-with needs one of ${COMPARE_ENGINES.join(', ')}, got "${compareWith}"`, {
       option: '--compare-with',

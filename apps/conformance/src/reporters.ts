@@ -1,3 +1,4 @@
+import type { CheckCount, CheckDefinition, FailedCheck } from './checks.js';
 import type { CaseResult, CaseStatus } from './runner.js';
 
 export interface QemuDescription {
@@ -19,6 +20,10 @@ export interface JsonCase {
   status: CaseStatus;
   durationMs: number;
   error?: string;
+  /** The check whose failure failed the case (`origin`: the reference's or the suite's own). */
+  failedCheck?: FailedCheck;
+  /** The named checks the case passed, each with its origin and count. */
+  checks?: CheckCount[];
 }
 
 /** The document `--json FILE` writes. */
@@ -26,6 +31,8 @@ export interface JsonReport {
   qemu: QemuDescription;
   cases: JsonCase[];
   summary: SuiteSummary;
+  /** What each named check means and whose it is (the reference's or the suite's own). */
+  checks?: Record<string, CheckDefinition>;
 }
 
 export function summarize(cases: readonly CaseResult[], wallMs: number): SuiteSummary {
@@ -42,8 +49,18 @@ export function formatCaseLine(result: CaseResult): string {
   if (result.error !== undefined) {
     for (const line of result.error.split('\n')) lines.push(`    ${line}`);
   }
+  if (result.checks !== undefined) lines.push(`    ${formatChecks(result.checks)}`);
   if (result.artifactsDir !== undefined) lines.push(`    artifacts kept in ${result.artifactsDir}`);
   return lines.join('\n');
+}
+
+/** `checks: reference job-end 9, image-compare 4; suite's own bitmap-dirty-count 3`. */
+export function formatChecks(checks: readonly CheckCount[]): string {
+  const part = (origin: CheckCount['origin'], label: string): string | undefined => {
+    const mine = checks.filter((c) => c.origin === origin);
+    return mine.length === 0 ? undefined : `${label} ${mine.map((c) => `${c.name} ${c.passed}`).join(', ')}`;
+  };
+  return `checks passed: ${[part('reference', 'reference'), part('suite', "suite's own")].filter((p) => p !== undefined).join('; ')}`;
 }
 
 /** The last line of the console output: `N passed, N failed` then `, N skipped` when any were. */
@@ -52,16 +69,27 @@ export function formatSummaryLine(summary: SuiteSummary): string {
   return summary.skipped > 0 ? `${line}, ${summary.skipped} skipped` : line;
 }
 
-export function buildJsonReport(qemu: QemuDescription, cases: readonly CaseResult[], wallMs: number): JsonReport {
-  return {
+export function buildJsonReport(
+  qemu: QemuDescription,
+  cases: readonly CaseResult[],
+  wallMs: number,
+  checks?: Readonly<Record<string, CheckDefinition>>,
+): JsonReport {
+  const report: JsonReport = {
     qemu: { version: qemu.version, binaries: { ...qemu.binaries } },
     cases: cases.map((c) => {
       const entry: JsonCase = { id: c.id, status: c.status, durationMs: c.durationMs };
       if (c.error !== undefined) entry.error = c.error;
+      if (c.failedCheck !== undefined) entry.failedCheck = { ...c.failedCheck };
+      if (c.checks !== undefined) entry.checks = c.checks.map((k) => ({ ...k }));
       return entry;
     }),
     summary: summarize(cases, wallMs),
   };
+  if (checks !== undefined) {
+    report.checks = Object.fromEntries(Object.entries(checks).map(([name, d]) => [name, { ...d }]));
+  }
+  return report;
 }
 
 /**
@@ -142,16 +170,29 @@ export function buildJunitReport(qemu: QemuDescription, cases: readonly CaseResu
     for (const m of members) {
       const name = m.id.slice(group.length + 1) || m.id;
       const open = `    <testcase classname="${escapeXml(group)}" name="${escapeXml(name)}" time="${seconds(m.durationMs)}"`;
+      // Passed checks as properties named check.<origin>.<name>, so CI shows whose checks held.
+      const properties =
+        m.checks === undefined
+          ? []
+          : [
+              '      <properties>',
+              ...m.checks.map(
+                (c) => `        <property name="check.${escapeXml(c.origin)}.${escapeXml(c.name)}" value="${c.passed}"/>`,
+              ),
+              '      </properties>',
+            ];
       if (m.status === 'passed') {
-        lines.push(`${open}/>`);
+        lines.push(...(properties.length === 0 ? [`${open}/>`] : [`${open}>`, ...properties, '    </testcase>']));
       } else if (m.status === 'skipped') {
-        lines.push(`${open}>`, `      <skipped message="${escapeXml(m.error ?? '')}"/>`, '    </testcase>');
+        lines.push(`${open}>`, ...properties, `      <skipped message="${escapeXml(m.error ?? '')}"/>`, '    </testcase>');
       } else {
         const message = m.error ?? 'failed';
         const firstLine = message.split('\n', 1)[0] ?? message;
+        const type = m.failedCheck === undefined ? 'AssertionError' : `${m.failedCheck.origin}:${m.failedCheck.name}`;
         lines.push(
           `${open}>`,
-          `      <failure message="${escapeXml(firstLine)}" type="AssertionError">${escapeXml(message, 'text')}</failure>`,
+          ...properties,
+          `      <failure message="${escapeXml(firstLine)}" type="${escapeXml(type)}">${escapeXml(message, 'text')}</failure>`,
           '    </testcase>',
         );
       }

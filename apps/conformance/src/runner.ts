@@ -3,7 +3,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { CaseSkip, CaseTimeoutError, RunAbortedError } from './errors.js';
+import { CheckTally, type CheckCount, type CheckOrigin, type FailedCheck } from './checks.js';
+import { CaseSkip, CaseTimeoutError, ConformanceError, RunAbortedError } from './errors.js';
 
 export type CaseStatus = 'passed' | 'failed' | 'skipped';
 
@@ -15,6 +16,10 @@ export interface CaseResult {
   error?: string;
   /** Scratch directory kept for inspection (failed case with `keepArtifacts`). */
   artifactsDir?: string;
+  /** The named checks the case passed, and how often (absent when it recorded none). */
+  checks?: CheckCount[];
+  /** The named check whose failure failed the case, when the failure belongs to one. */
+  failedCheck?: FailedCheck;
 }
 
 /** What the runner hands to each case: its scratch directory, signal and clean-up hooks. */
@@ -35,6 +40,8 @@ export interface CaseScope {
   onTeardown(fn: (failed: boolean) => Promise<void> | void): void;
   /** Called synchronously when the case must stop now (timeout, interruption): kill processes. */
   onKill(fn: () => void): void;
+  /** Count a passed check for the case's report (`times` passes at once). */
+  recordCheck(name: string, origin: CheckOrigin, times?: number): void;
 }
 
 export interface CaseDefinition<C> {
@@ -198,6 +205,8 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
     const dir = mkdtempSync(join(tmpdir(), SCRATCH_PREFIX));
     live.addDir(dir);
     tracked.dirs.push(dir);
+    const tally = new CheckTally();
+    let failedCheck: FailedCheck | undefined;
     const scope: CaseScope = {
       id: definition.id,
       dir,
@@ -209,6 +218,9 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
       },
       onKill: (fn) => {
         tracked.kills.push(fn);
+      },
+      recordCheck: (name, origin, times) => {
+        tally.record(name, origin, times);
       },
     };
 
@@ -235,6 +247,7 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
         error = caught.reason;
       } else {
         status = 'failed';
+        if (ConformanceError.isInstance(caught)) failedCheck = caught.failedCheck;
         const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
         if (CaseTimeoutError.isInstance(caught)) error = caught.message;
         else if (CaseTimeoutError.isInstance(reason)) {
@@ -262,6 +275,9 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
 
     const result: CaseResult = { id: definition.id, status, durationMs };
     if (error !== undefined) result.error = error;
+    const checks = tally.counts();
+    if (checks.length > 0) result.checks = checks;
+    if (failedCheck !== undefined) result.failedCheck = failedCheck;
     if (failed && options.keepArtifacts && !runController.signal.aborted) {
       result.artifactsDir = dir;
     } else {

@@ -2,9 +2,11 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join, resolve } from 'node:path';
 
 import { blkdebugCases } from './cases/blkdebug.js';
+import { IOTEST_124_CHECKS } from './cases/checks.js';
 import { incrementalBackupCases } from './cases/incremental-backup.js';
 import { imageTemplates } from './cases/scenario.js';
 import { CaseContext, ImageTemplates, makeTools, type SuiteTools } from './context.js';
+import type { CheckDefinition } from './checks.js';
 import type { BinaryOptions, CompareEngine } from './options.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
 import { summarize } from './reporters.js';
@@ -24,7 +26,7 @@ export interface RunConformanceOptions {
   /** Per-case limit, ms (default 60 s). */
   timeoutMs?: number;
   keepArtifacts?: boolean;
-  /** Who compares images (default in-process, see `makeTools`). */
+  /** Who decides image comparisons (default both engines, which must agree; see verdict.ts). */
   compareWith?: CompareEngine;
   signal?: AbortSignal;
   onCaseStart?: (id: string) => void;
@@ -35,6 +37,8 @@ export interface ConformanceResult {
   qemu: QemuDescription;
   cases: CaseResult[];
   summary: SuiteSummary;
+  /** The named checks the cases count, with whose each is (the reference's or the suite's own). */
+  checks: Readonly<Record<string, CheckDefinition>>;
 }
 
 function isExecutable(path: string): boolean {
@@ -92,7 +96,7 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
   };
   const run = await runCases<CaseContext>({
     cases: selected,
-    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }),
+    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }, IOTEST_124_CHECKS),
     // Every case starts from drive0; the transaction cases also from drive1. Built while the
     // first machines start, so no case waits for both.
     onRunStart: (runDir, signal) => {
@@ -113,5 +117,6 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
     qemu: { version, binaries: described },
     cases: run.cases,
     summary: summarize(run.cases, run.wallMs),
+    checks: IOTEST_124_CHECKS,
   };
 }

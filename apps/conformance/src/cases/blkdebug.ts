@@ -1,4 +1,4 @@
-import { startDriveBackup, type BlockJobErrorInfo } from '@qmpkit/backup';
+import type { BlockJobErrorInfo } from '@qmpkit/backup';
 
 import { expectEqual, expectTrue } from '../assert.js';
 import type { CaseContext } from '../context.js';
@@ -37,6 +37,7 @@ async function incrementalFailure(ctx: CaseContext): Promise<void> {
   expectEqual('incremental backup after the flush (blkdebug injects EIO) completes', false, completed);
   await s.hmpWrites(drive0, GUEST_WRITES_2);
   await s.createIncremental();
+  await s.finish();
   await s.shutdown();
   await s.checkBackups();
 }
@@ -61,8 +62,8 @@ async function incrementalPause(ctx: CaseContext): Promise<void> {
   const stopped = new Promise<BlockJobErrorInfo>((resolve) => {
     onError = resolve;
   });
-  const job = await startDriveBackup(
-    s.qmp,
+  const expected = s.expectedCopy(bitmap);
+  const job = await s.startBackup(
     {
       'job-id': drive0.id,
       device: drive0.id,
@@ -73,13 +74,15 @@ async function incrementalPause(ctx: CaseContext): Promise<void> {
       mode: 'existing',
       'on-source-error': 'stop',
     },
-    { ...s.call, onError: (info) => onError(info) },
+    { onError: (info) => onError(info) },
   );
   // Wait for the error, or for the job to end without one (then `stopped` never resolves).
   const first = await Promise.race([stopped, job.result.then(() => undefined)]);
   expectTrue('the job reports BLOCK_JOB_ERROR before ending', first !== undefined);
   const errorEvent = job.events.find((e) => e.event === 'BLOCK_JOB_ERROR');
-  expectEqual('BLOCK_JOB_ERROR event data', { device: drive0.id, action: 'stop', operation: 'read' }, errorEvent?.data);
+  await s.check('job-error-event', () =>
+    expectEqual('BLOCK_JOB_ERROR event data', { device: drive0.id, action: 'stop', operation: 'read' }, errorEvent?.data),
+  );
 
   // Paused at the error: the bitmap is in use and still holds every dirty bit.
   await s.expectBitmapStatus(drive0.id, bitmap.name, {
@@ -89,9 +92,19 @@ async function incrementalPause(ctx: CaseContext): Promise<void> {
     recording: true,
   });
 
-  await job.resume(s.call);
+  // Stopped, not ended: QEMU lists the job as paused by the failed read.
+  await s.check('job-paused-at-error', async () => {
+    const jobs = await s.qmp.execute('query-block-jobs', {}, s.call);
+    const listed = jobs.map((j) => ({ device: j.device, paused: j.paused, 'io-status': j['io-status'] }));
+    expectEqual('query-block-jobs while the job is stopped at the error', [{ device: drive0.id, paused: true, 'io-status': 'failed' }], listed);
+  });
+
+  // Resumed as the reference resumes it: block-job-resume by device.
+  await s.qmp.execute('block-job-resume', { device: drive0.id }, s.call);
   const result = await job.result;
-  expectTrue('the resumed incremental backup completes', checkBackupEnd(job, result, { error: EIO_MESSAGE }));
+  const completed = await s.check('job-end', () => checkBackupEnd(job, result, { error: EIO_MESSAGE }));
+  expectTrue('the resumed incremental backup completes', completed);
+  await s.incrementalCompleted(bitmap, result, expected);
 
   // Success cleared the bitmap (nothing was written during the job).
   await s.expectBitmapStatus(drive0.id, bitmap.name, {
@@ -103,6 +116,7 @@ async function incrementalPause(ctx: CaseContext): Promise<void> {
 
   await s.referenceBackup(bitmap);
   s.pairFinished(bitmap);
+  await s.finish();
   await s.shutdown();
   await s.checkBackups();
 }

@@ -11,6 +11,7 @@ import {
   GUEST_WRITES_1_DIRTY_BYTES,
   GUEST_WRITES_2,
   IMAGE_FORMAT,
+  QEMU_IO_DEFAULT_PATTERN,
   Scenario,
   checkBackupEnd,
   type DriveBackupArgs,
@@ -41,6 +42,7 @@ async function incrementalSimple(ctx: CaseContext, granularity?: number): Promis
   await s.createIncremental();
   await s.hmpWrites(drive0, GUEST_WRITES_2);
   await s.createIncremental();
+  await s.finish();
   await s.shutdown();
   await s.checkBackups();
 }
@@ -49,12 +51,13 @@ async function largerClusterTarget(ctx: CaseContext): Promise<void> {
   const s = await setUp(ctx);
   const drive0 = s.drive(0);
 
-  // Anchor into an existing image with 128 KiB clusters.
+  // Anchor into an existing image with 128 KiB clusters; as in the reference, without a job-id.
   await s.createImage(drive0.backup, { clusterSize: '128k' });
   expectTrue(
     'full backup of drive0 into the 128k-cluster image completes',
-    await s.backup({ device: drive0.id, sync: 'full', format: drive0.format, target: drive0.backup, mode: 'existing' }),
+    await s.backupWithoutJobId({ device: drive0.id, sync: 'full', format: drive0.format, target: drive0.backup, mode: 'existing' }),
   );
+  drive0.anchorContent = drive0.content.clone();
 
   // The write at 32736k (64 KiB) dirties the chunks at 32M-64K and 32M, not 32M+64K.
   const bitmap0 = await s.addBitmap('bitmap0', drive0);
@@ -71,14 +74,7 @@ async function largerClusterTarget(ctx: CaseContext): Promise<void> {
   await s.createImage(target, { clusterSize: '128k' });
   expectTrue(
     'incremental backup of drive0 into the backing-less 128k-cluster target completes',
-    await s.backup({
-      device: drive0.id,
-      sync: 'incremental',
-      bitmap: bitmap0.name,
-      format: drive0.format,
-      target,
-      mode: 'existing',
-    }),
+    await s.incrementalJob(bitmap0, target, 131072),
   );
   await s.referenceBackup(bitmap0);
 
@@ -91,6 +87,7 @@ async function largerClusterTarget(ctx: CaseContext): Promise<void> {
     signal: ctx.signal,
   });
   s.pairFinished(bitmap0);
+  await s.finish();
   await s.shutdown();
   await s.checkBackups();
 }
@@ -108,17 +105,23 @@ async function incrementalTransaction(ctx: CaseContext): Promise<void> {
     .bitmapClear(bitmap1.drive.id, bitmap1.name)
     .driveBackup({ 'job-id': drive0.id, device: drive0.id, target: drive0.backup, sync: 'full', format: drive0.format })
     .run(s.qmp, s.call);
+  s.track(...run.jobs);
   expectEqual('jobs started by the transaction', [drive0.id], run.jobs.map((j) => j.id));
   const [fullJob] = run.jobs;
   const [full] = await run.results();
   if (fullJob === undefined || full === undefined) throw new Error('the transaction started no job');
-  checkBackupEnd(fullJob, full, {});
+  await s.check('job-end', () => checkBackupEnd(fullJob, full, {}));
+  s.bitmapCleared(bitmap0);
+  s.bitmapCleared(bitmap1);
+  drive0.anchorContent = drive0.content.clone();
+  await s.expectDirtyBitmaps(drive0);
   await s.expectNoActiveBlockJobs();
 
   await s.hmpWrites(drive0, GUEST_WRITES_2);
   // Both bitmaps were synchronised to the same full backup.
   await s.createIncremental(bitmap0);
   await s.createIncremental(bitmap1);
+  await s.finish();
   await s.shutdown();
   await s.checkBackups();
 }
@@ -139,7 +142,7 @@ async function transactionFailure(ctx: CaseContext, race: boolean): Promise<void
   await s.anchorBackup(drive0);
   await s.anchorBackup(drive1);
   await s.expectNoActiveBlockJobs();
-  s.expectNoPendingEvents('after the anchor backups');
+  await s.expectNoPendingEvents('after the anchor backups');
 
   if (!race) await s.hmpWrites(drive0, GUEST_WRITES_1);
   await s.hmpWrites(drive1, DRIVE1_GUEST_WRITES);
@@ -159,6 +162,7 @@ async function transactionFailure(ctx: CaseContext, race: boolean): Promise<void
       .driveBackup(incremental(drive1, dr1bm0.name, target1))
       .completionMode('grouped')
       .run(s.qmp, s.call);
+    s.track(...run.jobs);
     expectEqual('jobs started by the transaction', [drive0.id, drive1.id], run.jobs.map((j) => j.id));
     const results = await run.results();
     return run.jobs.map((job, i) => [job, results[i] as JobResult]);
@@ -168,36 +172,47 @@ async function transactionFailure(ctx: CaseContext, race: boolean): Promise<void
   type Ended = [BackupJob, JobResult];
   const [[job0, first0], [job1, first1]] = (await runTransaction(target0, target1)) as [Ended, Ended];
   // drive0's job is cancelled by the group (BLOCK_JOB_CANCELLED), drive1's fails with the injected EIO...
-  expectEqual('drive0 job in the failing grouped transaction', 'cancelled', first0.status);
-  expectEqual('drive1 backup in the failing grouped transaction completes', false, checkBackupEnd(job1, first1, { error: EIO_MESSAGE }));
+  await s.check('transaction-outcome', () => expectEqual('drive0 job in the failing grouped transaction', 'cancelled', first0.status));
+  await s.check('job-end', () =>
+    expectEqual('drive1 backup in the failing grouped transaction completes', false, checkBackupEnd(job1, first1, { error: EIO_MESSAGE })),
+  );
   // ...after one BLOCK_JOB_ERROR: reported, on a read, and nothing else.
   const errorEvents = [...job0.events, ...job1.events].filter((e) => e.event === 'BLOCK_JOB_ERROR').map((e) => e.data);
   const expectedError = { device: drive1.id, action: 'report', operation: 'read' };
-  expectEqual('BLOCK_JOB_ERROR event data', [expectedError], errorEvents);
-  s.expectNoPendingEvents('after the failed transaction');
+  await s.check('job-error-event', () => expectEqual('BLOCK_JOB_ERROR event data', [expectedError], errorEvents));
+  await s.expectNoPendingEvents('after the failed transaction');
   await s.expectNoActiveBlockJobs();
+  // Neither job succeeded, so neither bitmap was cleared: both still hold what was written.
+  await s.expectDirtyBitmaps(drive0);
+  await s.expectDirtyBitmaps(drive1);
 
   // Neither target is part of a chain now.
   await dr0bm0.dropLast();
   await dr1bm0.dropLast();
   if (race) {
+    await s.finish();
     await s.shutdown();
+    // The reference compares nothing here; the suite's negative controls still run.
+    await s.checkNegativeControls();
     return;
   }
 
   // The same transaction again: the error was injected once, so both jobs complete.
   const [retry0, retry1] = [await s.prepareBackup(dr0bm0), await s.prepareBackup(dr1bm0)];
-  for (const [job, result] of await runTransaction(retry0, retry1)) {
-    const completed = checkBackupEnd(job, result, { error: EIO_MESSAGE });
+  const expected = [s.expectedCopy(dr0bm0), s.expectedCopy(dr1bm0)];
+  for (const [i, [job, result]] of (await runTransaction(retry0, retry1)).entries()) {
+    const completed = await s.check('job-end', () => checkBackupEnd(job, result, { error: EIO_MESSAGE }));
     expectTrue(`${job.id} backup in the repeated transaction completes`, completed);
+    await s.incrementalCompleted(i === 0 ? dr0bm0 : dr1bm0, result, expected[i] as number);
   }
   await s.referenceBackup(dr0bm0);
   s.pairFinished(dr0bm0);
   await s.referenceBackup(dr1bm0);
   s.pairFinished(dr1bm0);
-  s.expectNoPendingEvents('after the repeated transaction');
+  await s.expectNoPendingEvents('after the repeated transaction');
   await s.expectNoActiveBlockJobs();
 
+  await s.finish();
   await s.shutdown();
   await s.checkBackups();
 }
@@ -207,7 +222,7 @@ async function syncDirtyBitmapMissing(ctx: CaseContext): Promise<void> {
   const s = await setUp(ctx);
   await s.expectNoActiveBlockJobs();
   const drive0 = s.drive(0);
-  await expectRejection(
+  await s.check('qmp-error', () => expectRejection(
     'drive-backup sync=incremental without a bitmap',
     'QMP error GenericError',
     s.qmp.execute(
@@ -216,7 +231,8 @@ async function syncDirtyBitmapMissing(ctx: CaseContext): Promise<void> {
       s.call,
     ),
     (error) => QmpCommandError.isInstance(error) && error.errorClass === 'GenericError',
-  );
+  ));
+  await s.finish();
 }
 
 /** drive-backup with sync=incremental and a bitmap that does not exist: QEMU refuses it. */
@@ -224,7 +240,7 @@ async function syncDirtyBitmapNotFound(ctx: CaseContext): Promise<void> {
   const s = await setUp(ctx);
   await s.expectNoActiveBlockJobs();
   const drive0 = s.drive(0);
-  await expectRejection(
+  await s.check('qmp-error', () => expectRejection(
     'drive-backup sync=incremental with bitmap "unknown"',
     'QMP error GenericError',
     s.qmp.execute(
@@ -239,7 +255,8 @@ async function syncDirtyBitmapNotFound(ctx: CaseContext): Promise<void> {
       s.call,
     ),
     (error) => QmpCommandError.isInstance(error) && error.errorClass === 'GenericError',
-  );
+  ));
+  await s.finish();
 }
 
 /** A granularity that is not a power of two is refused, by the SDK first and by QEMU itself. */
@@ -247,19 +264,20 @@ async function syncDirtyBitmapBadGranularity(ctx: CaseContext): Promise<void> {
   const s = await setUp(ctx);
   await s.expectNoActiveBlockJobs();
   const drive0 = s.drive(0);
-  await expectRejection(
+  await s.check('qmp-error', () => expectRejection(
     'addBitmap with granularity 64000 (SDK check)',
     'InvalidGranularityError',
     addBitmap(s.qmp, { node: drive0.id, name: 'bitmap0', granularity: 64000 }, s.call),
     (error) => InvalidGranularityError.isInstance(error) && error.granularity === 64000,
-  );
+  ));
   // The SDK's check must not hide what QEMU does with the same request.
-  await expectRejection(
+  await s.check('qmp-error', () => expectRejection(
     'block-dirty-bitmap-add with granularity 64000 (QEMU)',
     'QMP error GenericError',
     s.qmp.execute('block-dirty-bitmap-add', { node: drive0.id, name: 'bitmap0', granularity: 64000 }, s.call),
     (error) => QmpCommandError.isInstance(error) && error.errorClass === 'GenericError',
-  );
+  ));
+  await s.finish();
 }
 
 /** Bits dirtied past the old end of a grown drive must be backed up. */
@@ -270,10 +288,13 @@ async function growingBeforeBackup(ctx: CaseContext): Promise<void> {
   await s.anchorBackup();
   await s.addBitmap('bitmap0', drive0);
   await s.qmp.execute('block_resize', { device: drive0.id, size: 65 * 1048576 }, s.call);
+  drive0.content.resize(65 * 1048576);
   // Default qemu-io pattern, past the old 64 MiB end.
-  await s.vm.hmpQemuIo(drive0.id, 'write 64M 64k', s.call);
+  await s.hmpWrite(drive0, 'write 64M 64k', { pattern: QEMU_IO_DEFAULT_PATTERN, offset: 64 * 1048576, length: 65536 });
+  await s.expectDirtyBitmaps(drive0);
   const target = await s.prepareBackup(undefined, { size: '65M' });
   await s.createIncremental(undefined, { target });
+  await s.finish();
   await s.shutdown();
   await s.checkBackups();
 }

@@ -1,4 +1,4 @@
-import { rm } from 'node:fs/promises';
+import { open, rm, stat } from 'node:fs/promises';
 
 import {
   addBitmap,
@@ -8,13 +8,16 @@ import {
   type BitmapStatus,
   type JobResult,
 } from '@qmpkit/backup';
-import { createQcow2Image, QemuIo, type CompareResult } from '@qmpkit/image-tools';
+import { createQcow2Image, QemuIo } from '@qmpkit/image-tools';
 import type { MachineQmpClient, QemuMachine } from '@qmpkit/machine';
 import type { BlockdevOptions, DriveBackup } from '@qmpkit/schema';
 
 import { expectEqual, expectFields, expectTrue } from '../assert.js';
 import type { CaseContext } from '../context.js';
 import { CaseAssertionError } from '../errors.js';
+import type { Verdict } from '../verdict.js';
+import type { Iotest124Check } from './checks.js';
+import { bytes, DirtyChunks, DiskContent, type ByteWrite } from './model.js';
 
 // The bookkeeping of an incremental-backup case: drives, bitmaps and the chain of
 // (incremental, reference) image pairs each bitmap produced, with the steps the reference
@@ -83,6 +86,26 @@ export function writeCommands(writes: readonly PatternWrite[]): string[] {
   return writes.map(([pattern, offset, length]) => QemuIo.writeCommand({ pattern, offset, length }));
 }
 
+/** A write in bytes, for the model. */
+export function byteWrite([pattern, offset, length]: PatternWrite): ByteWrite {
+  return { pattern, offset: bytes(offset), length: bytes(length) };
+}
+
+/** QEMU's default bitmap granularity for the suite's images (qcow2 with 64 KiB clusters). */
+export const DEFAULT_GRANULARITY = 65536;
+/** QEMU's backup copies whole clusters of max(64 KiB, the target's cluster size). */
+const BACKUP_MIN_CLUSTER = 65536;
+/** qemu-io's `write` pattern when none is given. */
+export const QEMU_IO_DEFAULT_PATTERN = 0xcd;
+const JOB_EVENT_NAMES: ReadonlySet<string> = new Set([
+  'JOB_STATUS_CHANGE',
+  'BLOCK_JOB_COMPLETED',
+  'BLOCK_JOB_CANCELLED',
+  'BLOCK_JOB_ERROR',
+  'BLOCK_JOB_READY',
+  'BLOCK_JOB_PENDING',
+]);
+
 /** blkdebug on the image file: EIO once on the first read after the first flush. */
 export function blkdebugFile(filename: string): BlockdevOptions {
   return {
@@ -101,24 +124,34 @@ export interface Drive {
   /** Target of the anchor (full) backup. */
   backup: string;
   format: string;
+  /** What the guest sees on the drive now, from the writes made to it (the model). */
+  content: DiskContent;
+  /** What the anchor backup holds, once it was made. */
+  anchorContent?: DiskContent;
+  /** The drive's bitmaps, as the model tracks them. */
+  bitmaps: TrackedBitmap[];
 }
 
 export interface BackupPair {
   incremental: string;
   reference: string;
+  /** The drive's content when the incremental completed (what both images must hold). */
+  content?: DiskContent;
 }
 
-/** A bitmap and the images backed up through it, oldest first. */
+/** A bitmap, the chunks the model says it holds, and the images backed up through it, oldest first. */
 export class TrackedBitmap {
   readonly name: string;
   readonly drive: Drive;
   readonly backups: BackupPair[] = [];
+  readonly dirty: DirtyChunks;
   #next = 0;
   readonly #path: (name: string) => string;
 
-  constructor(name: string, drive: Drive, path: (name: string) => string) {
+  constructor(name: string, drive: Drive, granularity: number, path: (name: string) => string) {
     this.name = name;
     this.drive = drive;
+    this.dirty = new DirtyChunks(granularity);
     this.#path = path;
   }
 
@@ -154,12 +187,31 @@ export interface BackupExpectation {
   error?: string;
 }
 
+/** An event as the client delivers it, for the accounting of job events. */
+interface SeenEvent {
+  event: string;
+  data?: unknown;
+  timestamp: { seconds: number; microseconds: number };
+}
+
+function eventKey(e: SeenEvent): string {
+  return `${e.event} ${JSON.stringify(e.data ?? {})} ${e.timestamp.seconds}.${e.timestamp.microseconds}`;
+}
+
+/** What `qemu-io read -P` prints for a range that holds the pattern, and what it prints when not. */
+const PATTERN_FAILED = /Pattern verification failed/;
+
 export class Scenario {
   readonly ctx: CaseContext;
   readonly vm: QemuMachine;
   readonly drives: Drive[] = [];
   readonly bitmaps: TrackedBitmap[] = [];
-  readonly #comparisons = new Map<string, Promise<CompareResult>>();
+  readonly #comparisons = new Map<string, Promise<Verdict>>();
+  /** Every job event QEMU sent, as a listener saw it (independent of who took it from the buffer). */
+  readonly #seenJobEvents: SeenEvent[] = [];
+  /** Job events someone accounted for: each tracked job's, and those the case waited for itself. */
+  readonly #jobs: BackupJob[] = [];
+  readonly #takenEvents: SeenEvent[] = [];
 
   constructor(ctx: CaseContext) {
     this.ctx = ctx;
@@ -175,12 +227,21 @@ export class Scenario {
     return { signal: this.ctx.signal };
   }
 
-  addNode(id: string): Drive {
+  /** One pass of a named check (see cases/checks.ts). */
+  check<T>(name: Iotest124Check, fn: () => Promise<T> | T): Promise<T> {
+    return this.ctx.checking(name, fn);
+  }
+
+  addNode(id: string, pattern: readonly PatternWrite[]): Drive {
+    const content = new DiskContent(bytes(IMAGE_SIZE));
+    for (const w of pattern) content.write(byteWrite(w));
     const drive: Drive = {
       id,
       file: this.ctx.path(`${id}.${IMAGE_FORMAT}`),
       backup: this.ctx.path(`${id}.full.backup.${IMAGE_FORMAT}`),
       format: IMAGE_FORMAT,
+      content,
+      bitmaps: [],
     };
     this.drives.push(drive);
     return drive;
@@ -194,14 +255,14 @@ export class Scenario {
 
   /** drive0 with the reference's default pattern (64 MiB qcow2). */
   async createDrive0(): Promise<Drive> {
-    const drive = this.addNode('drive0');
+    const drive = this.addNode('drive0', DRIVE0_PATTERN);
     await this.ctx.imageFromTemplate('drive0', writeCommands(DRIVE0_PATTERN), drive.file);
     return drive;
   }
 
   /** drive1 with its own pattern. */
   async createDrive1(): Promise<Drive> {
-    const drive = this.addNode('drive1');
+    const drive = this.addNode('drive1', DRIVE1_PATTERN);
     await this.ctx.imageFromTemplate('drive1', writeCommands(DRIVE1_PATTERN), drive.file);
     return drive;
   }
@@ -234,6 +295,11 @@ export class Scenario {
 
   async launch(): Promise<void> {
     await this.ctx.launch(this.vm);
+    // A listener sees every event whoever takes it from the buffer: the base of the accounting
+    // of job events at the end of the case. No job exists before this point.
+    this.qmp.events.on('event', (event) => {
+      if (JOB_EVENT_NAMES.has(event.event)) this.#seenJobEvents.push(event);
+    });
   }
 
   /** Add `drive` as a node of the same name, its file behind a blkdebug filter. */
@@ -252,14 +318,32 @@ export class Scenario {
     }
   }
 
+  /** Jobs started elsewhere (a transaction) whose events the end-of-case accounting expects. */
+  track(...jobs: BackupJob[]): void {
+    this.#jobs.push(...jobs);
+  }
+
+  /** Start a drive-backup through the SDK and track it. */
+  async startBackup(args: DriveBackupArgs, options: Parameters<typeof startDriveBackup>[2] = {}): Promise<BackupJob> {
+    const job = await startDriveBackup(this.qmp, args, { ...this.call, ...options });
+    this.track(job);
+    return job;
+  }
+
   /**
    * drive-backup and wait until the job is gone; the job must end as expected: completed with
-   * offset == len, or failed with `expect.error`. Returns whether it completed.
+   * offset == len, or failed with `expect.error`. Returns the job and its result.
    */
-  async backup(args: DriveBackupArgs, expect: BackupExpectation = { error: EIO_MESSAGE }): Promise<boolean> {
-    const job = await startDriveBackup(this.qmp, args, this.call);
+  async backupJob(args: DriveBackupArgs, expect: BackupExpectation = { error: EIO_MESSAGE }): Promise<[BackupJob, JobResult, boolean]> {
+    const job = await this.startBackup(args);
     const result = await job.result;
-    return checkBackupEnd(job, result, expect);
+    const completed = await this.check('job-end', () => checkBackupEnd(job, result, expect));
+    return [job, result, completed];
+  }
+
+  /** `backupJob`, for whether it completed. */
+  async backup(args: DriveBackupArgs, expect: BackupExpectation = { error: EIO_MESSAGE }): Promise<boolean> {
+    return (await this.backupJob(args, expect))[2];
   }
 
   async anchorBackup(drive: Drive = this.lastDrive()): Promise<string> {
@@ -271,7 +355,33 @@ export class Scenario {
       target: drive.backup,
     });
     expectTrue(`anchor (full) backup of ${drive.id} completes`, done);
+    drive.anchorContent = drive.content.clone();
     return drive.backup;
+  }
+
+  /**
+   * The reference's drive-backup without a job-id, so QEMU names the job; the reference waits
+   * for BLOCK_JOB_COMPLETED of the device and then for the job's last JOB_STATUS_CHANGE. The
+   * suite's own check: the job QEMU made is named after the device.
+   */
+  async backupWithoutJobId(args: Omit<DriveBackupArgs, 'job-id'>): Promise<boolean> {
+    await this.qmp.execute('drive-backup', args, this.call);
+    const completed = await this.qmp.events.wait('BLOCK_JOB_COMPLETED', this.call);
+    this.#takenEvents.push(completed);
+    const id = completed.data.device;
+    for (;;) {
+      const change = await this.qmp.events.wait('JOB_STATUS_CHANGE', { ...this.call, match: { data: { id } } });
+      this.#takenEvents.push(change);
+      if (change.data.status === 'null') break;
+    }
+    await this.check('qemu-chosen-job-id', () => expectEqual('id of the job QEMU named for a drive-backup without job-id', args.device, id));
+    return this.check('job-end', () => {
+      if (completed.data.error !== undefined) {
+        throw new CaseAssertionError(`backup job ${id} end`, 'completed', `failed (${completed.data.error})`);
+      }
+      expectEqual(`backup job ${id}: offset at completion equals len`, completed.data.len, completed.data.offset);
+      return true;
+    });
   }
 
   /** A full backup of the drive as it is now, to compare the newest incremental with. */
@@ -289,14 +399,20 @@ export class Scenario {
   }
 
   async addBitmap(name: string, drive: Drive, granularity?: number): Promise<TrackedBitmap> {
-    const bitmap = new TrackedBitmap(name, drive, (n) => this.ctx.path(n));
+    const bitmap = new TrackedBitmap(name, drive, granularity ?? DEFAULT_GRANULARITY, (n) => this.ctx.path(n));
     this.bitmaps.push(bitmap);
     await addBitmap(
       this.qmp,
       granularity === undefined ? { node: drive.id, name } : { node: drive.id, name, granularity },
       this.call,
     );
+    drive.bitmaps.push(bitmap);
     return bitmap;
+  }
+
+  /** A bitmap cleared by QEMU (block-dirty-bitmap-clear, alone or in a transaction). */
+  bitmapCleared(bitmap: TrackedBitmap): void {
+    bitmap.dirty.clear();
   }
 
   /** Create the next incremental target of `bitmap`, backed by its newest image. */
@@ -310,6 +426,40 @@ export class Scenario {
     return incremental;
   }
 
+  /** The bytes an incremental job through `bitmap` must copy into a target with `targetCluster`-byte clusters. */
+  expectedCopy(bitmap: TrackedBitmap, targetCluster = 65536): number {
+    return bitmap.dirty.copied(Math.max(BACKUP_MIN_CLUSTER, targetCluster), bitmap.drive.content.size);
+  }
+
+  /**
+   * An incremental job through `bitmap` completed: it must have copied exactly what the
+   * bitmap recorded (`expected`, taken before the job), and the bitmap is now clean.
+   */
+  async incrementalCompleted(bitmap: TrackedBitmap, result: JobResult, expected: number): Promise<void> {
+    await this.check('job-copied-dirty', () =>
+      expectEqual(`bytes copied by incremental job ${result.id} (len) against the bytes ${bitmap.name} recorded`, expected, result.len),
+    );
+    bitmap.dirty.clear();
+    const last = bitmap.backups[bitmap.backups.length - 1];
+    if (last !== undefined) last.content = bitmap.drive.content.clone();
+  }
+
+  /** The incremental job of `createIncremental` into `target` (`targetCluster`: its cluster size). */
+  async incrementalJob(bitmap: TrackedBitmap, target: string, targetCluster?: number): Promise<boolean> {
+    const expected = this.expectedCopy(bitmap, targetCluster);
+    const [, result, done] = await this.backupJob({
+      'job-id': bitmap.drive.id,
+      device: bitmap.drive.id,
+      sync: 'incremental',
+      bitmap: bitmap.name,
+      format: bitmap.drive.format,
+      target,
+      mode: 'existing',
+    });
+    if (done) await this.incrementalCompleted(bitmap, result, expected);
+    return done;
+  }
+
   /**
    * An incremental backup through `bitmap` into a new (or the given) target. On success a
    * reference backup follows; on failure the target is dropped, and the failure must have been
@@ -320,15 +470,7 @@ export class Scenario {
     options: { validate?: boolean; target?: string } = {},
   ): Promise<boolean> {
     const target = options.target ?? (await this.prepareBackup(bitmap));
-    const done = await this.backup({
-      'job-id': bitmap.drive.id,
-      device: bitmap.drive.id,
-      sync: 'incremental',
-      bitmap: bitmap.name,
-      format: bitmap.drive.format,
-      target,
-      mode: 'existing',
-    });
+    const done = await this.incrementalJob(bitmap, target);
     if (done) {
       await this.referenceBackup(bitmap);
       this.pairFinished(bitmap);
@@ -341,26 +483,169 @@ export class Scenario {
     return done;
   }
 
-  /** Guest-like writes through HMP's qemu-io, then a flush (which also advances blkdebug's state). */
+  /** One guest-like write through HMP's qemu-io (`command`), which the model records as `write`. */
+  async hmpWrite(drive: Drive, command: string, write: ByteWrite): Promise<void> {
+    await this.vm.hmpQemuIo(drive.id, command, this.call);
+    drive.content.write(write);
+    for (const bitmap of drive.bitmaps) bitmap.dirty.mark(write);
+  }
+
+  /**
+   * Guest-like writes through HMP's qemu-io, then a flush (which also advances blkdebug's
+   * state); then every bitmap of the drive must have the granularity it was given and the
+   * dirty bytes the writes predict.
+   */
   async hmpWrites(drive: Drive, writes: readonly PatternWrite[]): Promise<void> {
-    for (const command of writeCommands(writes)) await this.vm.hmpQemuIo(drive.id, command, this.call);
+    const commands = writeCommands(writes);
+    for (const [i, w] of writes.entries()) await this.hmpWrite(drive, commands[i] as string, byteWrite(w));
     await this.vm.hmpQemuIo(drive.id, 'flush', this.call);
+    await this.expectDirtyBitmaps(drive);
+  }
+
+  /** Every bitmap of `drive`, as QEMU reports it, against the model. */
+  async expectDirtyBitmaps(drive: Drive): Promise<void> {
+    for (const bitmap of drive.bitmaps) {
+      await this.check('bitmap-dirty-count', async () => {
+        const status = await getBitmap(this.qmp, drive.id, bitmap.name, this.call);
+        const expected = { granularity: bitmap.dirty.granularity, count: bitmap.dirty.count(drive.content.size) };
+        expectFields(`granularity and dirty bytes of bitmap ${bitmap.name} on ${drive.id} after the writes`, expected, status);
+      });
+    }
   }
 
   async expectBitmapStatus(node: string, bitmap: string, expected: Partial<BitmapStatus>): Promise<void> {
-    const status = await getBitmap(this.qmp, node, bitmap, this.call);
-    expectFields(`status of bitmap ${bitmap} on ${node}`, expected, status);
+    await this.check('bitmap-status', async () => {
+      const status = await getBitmap(this.qmp, node, bitmap, this.call);
+      expectFields(`status of bitmap ${bitmap} on ${node}`, expected, status);
+    });
   }
 
   async expectNoActiveBlockJobs(): Promise<void> {
-    const jobs = await this.qmp.execute('query-block-jobs', {}, this.call);
-    expectEqual('active block jobs (query-block-jobs)', [], jobs.map((j) => j.device));
+    await this.check('no-active-jobs', async () => {
+      const jobs = await this.qmp.execute('query-block-jobs', {}, this.call);
+      expectEqual('active block jobs (query-block-jobs)', [], jobs.map((j) => j.device));
+    });
   }
 
   /** Nothing is left in the client's event buffer (every event was someone's to take). */
-  expectNoPendingEvents(when: string): void {
-    const left = this.qmp.events.drain();
-    expectEqual(`events left over ${when}`, [], left.map((e) => e.event));
+  async expectNoPendingEvents(when: string): Promise<void> {
+    await this.check('no-events-left', () => {
+      const left = this.qmp.events.drain();
+      expectEqual(`events left over ${when}`, [], left.map((e) => e.event));
+    });
+  }
+
+  /**
+   * The end of every case, while QEMU still runs: what was written reads back from the drives
+   * and from the newest backup of each chain, and every job event is accounted for.
+   */
+  async finish(): Promise<void> {
+    for (const drive of this.drives) await this.readBackDrive(drive);
+    for (const bitmap of this.bitmaps) {
+      if (bitmap.backups.length > 0) await this.readBackRestored(bitmap);
+    }
+    await this.expectJobEventsAccounted();
+  }
+
+  /** `qemu-io read -P` of every written range through HMP on `node`; true when all held. */
+  async #readBack(node: string, writes: readonly ByteWrite[], what: string): Promise<void> {
+    for (const w of writes) {
+      const output = await this.#hmpRead(node, w);
+      if (PATTERN_FAILED.test(output) || !output.includes(`read ${w.length}/${w.length} bytes at offset ${w.offset}`)) {
+        throw new CaseAssertionError(
+          `read -P 0x${w.pattern.toString(16)} ${w.offset} ${w.length} on ${what}`,
+          'the pattern',
+          output.trim() || 'no output',
+        );
+      }
+    }
+  }
+
+  /**
+   * The command is written and its output read here, not by the SDK, whose qemu-io commands
+   * and failure detection are under test. HMP's qemu-io prints to QEMU's stdout (the case's
+   * log), and has flushed it by the time QEMU replies.
+   */
+  async #hmpRead(node: string, w: ByteWrite): Promise<string> {
+    const log = this.vm.logPath;
+    if (log === undefined) throw new Error('the machine has no log to read qemu-io output from');
+    const before = (await stat(log)).size;
+    const reply = await this.vm.hmp(`qemu-io ${node} "read -P 0x${w.pattern.toString(16).padStart(2, '0')} ${w.offset} ${w.length}"`, this.call);
+    const handle = await open(log, 'r');
+    try {
+      const { size } = await handle.stat();
+      const printed = Buffer.alloc(Math.max(0, size - before));
+      await handle.read(printed, 0, printed.length, before);
+      return reply + printed.toString('utf8');
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async readBackDrive(drive: Drive): Promise<void> {
+    await this.check('read-back-drive', async () => {
+      const written = drive.content.written();
+      await this.#readBack(drive.id, written, `drive ${drive.id}`);
+      // The read-back must be able to say no: the first range read with another pattern fails.
+      const first = written[0];
+      if (first !== undefined) {
+        const wrong = { ...first, pattern: first.pattern ^ 0xff };
+        const output = await this.#hmpRead(drive.id, wrong);
+        expectTrue(`read -P with a wrong pattern (0x${wrong.pattern.toString(16)}) on ${drive.id} is refused`, PATTERN_FAILED.test(output), output.trim());
+      }
+    });
+  }
+
+  /**
+   * The newest image of `bitmap`'s chain, opened read-only with its backing chain (a restore
+   * of the newest backup), holds every pattern written to the drive up to that backup.
+   */
+  async readBackRestored(bitmap: TrackedBitmap): Promise<void> {
+    const newest = bitmap.backups[bitmap.backups.length - 1];
+    if (newest?.content === undefined) return;
+    const node = `restored-${bitmap.drive.id}-${bitmap.name}`;
+    await this.check('read-back-restored', async () => {
+      await this.qmp.execute(
+        'blockdev-add',
+        { 'node-name': node, driver: 'qcow2', 'read-only': true, file: { driver: 'file', filename: newest.incremental } },
+        this.call,
+      );
+      try {
+        await this.#readBack(node, newest.content?.written() ?? [], `${base(newest.incremental)} with its backing chain`);
+      } finally {
+        await this.qmp.execute('blockdev-del', { 'node-name': node }, this.call);
+      }
+    });
+  }
+
+  /**
+   * No job event is left over: every job event QEMU sent (as a listener saw it) was taken by the
+   * tracking of a job or by a wait of the case, each job's last event is its JOB_STATUS_CHANGE
+   * to 'null', and query-jobs lists nothing.
+   */
+  async expectJobEventsAccounted(): Promise<void> {
+    await this.check('job-events-accounted', async () => {
+      const accounted = new Map<string, number>();
+      for (const e of [...this.#jobs.flatMap((j) => j.events), ...this.#takenEvents]) {
+        const key = eventKey(e);
+        accounted.set(key, (accounted.get(key) ?? 0) + 1);
+      }
+      const leftOver: string[] = [];
+      const lastStatus = new Map<string, string>();
+      for (const e of this.#seenJobEvents) {
+        const key = eventKey(e);
+        const n = accounted.get(key) ?? 0;
+        if (n > 0) accounted.set(key, n - 1);
+        else leftOver.push(key);
+        const data = (e.data ?? {}) as Record<string, unknown>;
+        if (e.event === 'JOB_STATUS_CHANGE') lastStatus.set(String(data['id']), String(data['status']));
+      }
+      expectEqual('job events no job tracking or wait of the case took', [], leftOver);
+      const unfinished = [...lastStatus].filter(([, status]) => status !== 'null').map(([id, status]) => `${id}: ${status}`);
+      expectEqual('jobs whose last JOB_STATUS_CHANGE is not "null"', [], unfinished);
+      const jobs = await this.qmp.execute('query-jobs', {}, this.call);
+      expectEqual('jobs listed by query-jobs at the end of the case', [], jobs.map((j) => `${j.id}: ${j.status}`));
+    });
   }
 
   async shutdown(): Promise<void> {
@@ -372,13 +657,15 @@ export class Scenario {
    * again. Their comparison starts now, beside what the case does next, instead of after
    * shutdown; `checkBackups` still requires it, so no check is dropped, only started earlier.
    * (Not for an image that is still to be changed, like the target rebased after its backup.)
+   * QEMU has closed both: each job's last event comes after its target is released, and with
+   * the default engines qemu-img takes its image locks and would refuse an image still held.
    */
   pairFinished(bitmap: TrackedBitmap = this.lastBitmap()): void {
     const last = bitmap.backups[bitmap.backups.length - 1];
     if (last !== undefined) this.#compare(last.incremental, last.reference);
   }
 
-  #compare(a: string, b: string): Promise<CompareResult> {
+  #compare(a: string, b: string): Promise<Verdict> {
     const key = `${a}\0${b}`;
     let pending = this.#comparisons.get(key);
     if (pending === undefined) {
@@ -398,10 +685,11 @@ export class Scenario {
 
   /**
    * Each incremental equals its reference, and the newest image of each bitmap's chain equals
-   * the drive itself (the machine must be shut down so the drive file is complete and unlocked).
+   * the drive itself (the machine must be shut down so the drive file is complete and unlocked);
+   * then the negative controls.
    */
   async checkBackups(): Promise<void> {
-    const comparisons: Array<{ what: string; result: Promise<CompareResult> }> = [];
+    const comparisons: Array<{ what: string; result: Promise<Verdict> }> = [];
     for (const bitmap of this.bitmaps) {
       for (const pair of bitmap.backups) {
         comparisons.push({
@@ -415,13 +703,57 @@ export class Scenario {
         result: this.#compare(last, bitmap.drive.file),
       });
     }
+    const controls = this.#negativeControls();
     // Independent reads of closed images run together; failures are reported in the reference's order.
     for (const c of comparisons) {
-      const result = await c.result;
-      if (!result.identical) {
-        throw new CaseAssertionError(`image comparison ${c.what}`, 'identical', 'different', { detail: result.message });
+      await this.check('image-compare', async () => {
+        const result = await c.result;
+        if (!result.identical) {
+          throw new CaseAssertionError(`image comparison ${c.what}`, 'identical', 'different', { detail: result.message });
+        }
+      });
+    }
+    await controls();
+  }
+
+  /** Only the negative controls (for a case that, like the reference, compares nothing else). */
+  async checkNegativeControls(): Promise<void> {
+    await this.#negativeControls()();
+  }
+
+  /**
+   * For each drive, the newest full backup (anchor or reference) that the writes since make
+   * different from the drive: the comparison must say "different", with the message qemu-img
+   * gives for the first difference the model predicts. A comparer that always agrees fails here.
+   * Started at once; the returned function checks the verdicts.
+   */
+  #negativeControls(): () => Promise<void> {
+    const controls: Array<{ what: string; expected: { identical: boolean; message: string }; result: Promise<Verdict> }> = [];
+    for (const drive of this.drives) {
+      const candidates: Array<{ file: string; content: DiskContent | undefined }> = [
+        ...drive.bitmaps.flatMap((b) => b.backups.map((p) => ({ file: p.reference, content: p.content }))).reverse(),
+        { file: drive.backup, content: drive.anchorContent },
+      ];
+      for (const candidate of candidates) {
+        if (candidate.content === undefined) continue;
+        const expected = drive.content.comparedWith(candidate.content);
+        if (expected.identical) continue;
+        controls.push({
+          what: `${base(drive.file)} against the older backup ${base(candidate.file)}`,
+          expected,
+          result: this.#compare(drive.file, candidate.file),
+        });
+        break;
       }
     }
+    return async () => {
+      for (const c of controls) {
+        await this.check('negative-control', async () => {
+          const result = await c.result;
+          expectEqual(`negative control: ${c.what}`, c.expected, { identical: result.identical, message: result.message });
+        });
+      }
+    };
   }
 
   lastDrive(): Drive {
