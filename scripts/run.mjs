@@ -127,6 +127,11 @@ const tasks = {
     turbo('build', '--filter=@qmpkit/backup...');
     process.exit(run('node', ['bench/backup.mjs']));
   },
+  // Not part of `test`: each mutant costs a whole conformance run (see scripts/mutants.mjs).
+  mutants: (extra) => {
+    turbo('build', '--filter=@qmpkit/conformance...');
+    process.exit(run('node', ['scripts/mutants.mjs', ...extra]));
+  },
   'bench:conformance': () => {
     turbo('build', '--filter=@qmpkit/conformance...');
     process.exit(run('node', ['bench/conformance.mjs']));

@@ -115,7 +115,7 @@ describe('qmpkit-conformance', () => {
     expect(lines.every((l) => l.status === 'PASS')).toBe(true);
 
     const report = JSON.parse(readFileSync(json, 'utf8')) as Record<string, unknown>;
-    expect(Object.keys(report)).toEqual(['qemu', 'cases', 'summary']);
+    expect(Object.keys(report)).toEqual(['qemu', 'cases', 'summary', 'checks']);
     const qemu = report['qemu'] as Record<string, unknown>;
     expect(Object.keys(qemu)).toEqual(['version', 'binaries']);
     expect(qemu['version']).toMatch(/^\d+\.\d+\.\d+/);
@@ -123,11 +123,23 @@ describe('qmpkit-conformance', () => {
     for (const path of Object.values(qemu['binaries'] as Record<string, string>)) expect(existsSync(path)).toBe(true);
     const cases = report['cases'] as Array<Record<string, unknown>>;
     expect(cases.map((c) => c['id'])).toEqual(ALL_IDS);
+    const catalogue = report['checks'] as Record<string, { origin: string }>;
     for (const c of cases) {
-      expect(Object.keys(c)).toEqual(['id', 'status', 'durationMs']);
+      expect(Object.keys(c)).toEqual(['id', 'status', 'durationMs', 'checks']);
       expect(c['status']).toBe('passed');
+      // Every case ends with the suite's own accounting of job events and a read-back of the drive.
+      const checks = c['checks'] as Array<{ name: string; origin: string; passed: number }>;
+      expect(checks.map((k) => k.name)).toEqual(expect.arrayContaining(['job-events-accounted', 'read-back-drive']));
+      for (const k of checks) expect(k.origin).toBe(catalogue[k.name]?.origin);
       expect(Number.isInteger(c['durationMs'])).toBe(true);
       expect(c['durationMs'] as number).toBeGreaterThan(0);
+    }
+    // The suite's own checks each ran somewhere, and every case that compares has a negative control.
+    const ran = new Set(cases.flatMap((c) => (c['checks'] as Array<{ name: string }>).map((k) => k.name)));
+    expect([...ran].sort()).toEqual(Object.keys(catalogue).sort());
+    for (const c of cases) {
+      const names = (c['checks'] as Array<{ name: string }>).map((k) => k.name);
+      if (names.includes('image-compare')) expect(names).toContain('negative-control');
     }
     const summary = report['summary'] as Record<string, number>;
     expect(Object.keys(summary)).toEqual(['passed', 'failed', 'skipped', 'wallMs']);
@@ -213,6 +225,23 @@ describe('qmpkit-conformance', () => {
     // The QEMU process is gone even though its files are kept.
     expect(qemuProcessesUnder(root)).toEqual([]);
     await rm(kept as string, { recursive: true, force: true });
+  }, 60_000);
+
+  it('a comparer that always agrees fails the suite: by disagreement (default) or by the negative controls', async () => {
+    // A qemu-img whose compare finds every pair identical.
+    const wrapper = join(reports, 'qemu-img-agrees');
+    writeFileSync(
+      wrapper,
+      `#!/bin/sh\nif [ "$1" = compare ]; then echo "Images are identical."; exit 0; fi\nexec ${execOnPath('qemu-img')} "$@"\n`,
+    );
+    chmodSync(wrapper, 0o755);
+    const both = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper]);
+    expect(both.code).toBe(1);
+    expect(both.stdout).toMatch(/\[suite: negative-control\] comparison of \S+ with \S+: the comparison engines agree/);
+    expect(both.stdout).toMatch(/"qemu-img":"Images are identical\."/);
+    const alone = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper, '--compare-with', 'qemu-img']);
+    expect(alone.code).toBe(1);
+    expect(alone.stdout).toMatch(/\[suite: negative-control\] negative control: drive0\.qcow2 against the older backup drive0\.bitmap0\.ref1\.qcow2: expected \{"identical":false,"message":"Content mismatch at offset 0!"\}/);
   }, 60_000);
 
   it('--timeout fails a case that runs too long and cleans up after it', async () => {

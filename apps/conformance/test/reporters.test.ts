@@ -1,5 +1,6 @@
 import { CliUsageError } from '../src/errors.js';
 import { matchesFilter, parseCliOptions } from '../src/options.js';
+import { IOTEST_124_CHECKS } from '../src/cases/checks.js';
 import {
   buildJsonReport,
   buildJunitReport,
@@ -48,6 +49,60 @@ describe('JSON report', () => {
     expect(report.summary).toEqual({ passed: 1, failed: 1, skipped: 1, wallMs: 1234 });
     // Round trip: nothing in it that JSON cannot carry.
     expect(JSON.parse(JSON.stringify(report))).toEqual(report);
+  });
+});
+
+// A passed case and a failed one with named checks: the reports must say whose each check is.
+const checked: CaseResult[] = [
+  {
+    id: 'TestIncrementalBackup.test_small_granularity',
+    status: 'passed',
+    durationMs: 300,
+    checks: [
+      { name: 'job-end', origin: 'reference', passed: 7 },
+      { name: 'bitmap-dirty-count', origin: 'suite', passed: 2 },
+    ],
+  },
+  {
+    id: 'TestIncrementalBackup.test_large_granularity',
+    status: 'failed',
+    durationMs: 200,
+    error: '[suite: bitmap-dirty-count] granularity and dirty bytes of bitmap bitmap0 on drive0 after the writes: expected ...',
+    failedCheck: { name: 'bitmap-dirty-count', origin: 'suite' },
+    checks: [{ name: 'job-end', origin: 'reference', passed: 2 }],
+  },
+];
+
+describe('named checks in the reports', () => {
+  it('console: the passed checks under each case, the reference\'s apart from the suite\'s own', () => {
+    expect(formatCaseLine(checked[0] as CaseResult).split('\n')).toEqual([
+      'PASS TestIncrementalBackup.test_small_granularity (300 ms)',
+      "    checks passed: reference job-end 7; suite's own bitmap-dirty-count 2",
+    ]);
+    const failed = formatCaseLine(checked[1] as CaseResult).split('\n');
+    expect(failed[1]).toMatch(/^ {4}\[suite: bitmap-dirty-count\] /);
+  });
+
+  it('JSON: checks and failedCheck per case, and what each check means and whose it is', () => {
+    const report = buildJsonReport(qemu, checked, 500, IOTEST_124_CHECKS);
+    expect(Object.keys(report)).toEqual(['qemu', 'cases', 'summary', 'checks']);
+    expect(report.cases[0]?.checks).toEqual(checked[0]?.checks);
+    expect(report.cases[1]?.failedCheck).toEqual({ name: 'bitmap-dirty-count', origin: 'suite' });
+    expect(report.checks?.['image-compare']?.origin).toBe('reference');
+    expect(report.checks?.['negative-control']?.origin).toBe('suite');
+    expect(JSON.parse(JSON.stringify(report))).toEqual(report);
+  });
+
+  it('JUnit: passed checks as check.<origin>.<name> properties, the failed check as the failure type', () => {
+    const root = parseXml(buildJunitReport(qemu, checked, 500));
+    const [passed, failed] = findAll(root, 'testcase');
+    const props = (node: typeof passed) =>
+      findAll(node as NonNullable<typeof passed>, 'property').map((p) => [p.attributes['name'], p.attributes['value']]);
+    expect(props(passed)).toEqual([
+      ['check.reference.job-end', '7'],
+      ['check.suite.bitmap-dirty-count', '2'],
+    ]);
+    expect(findAll(failed as NonNullable<typeof failed>, 'failure')[0]?.attributes['type']).toBe('suite:bitmap-dirty-count');
   });
 });
 
@@ -121,7 +176,8 @@ describe('command line', () => {
       compareWith: 'qemu-img',
       timeoutMs: 2500,
     });
-    expect(parseCliOptions([]).compareWith).toBe('in-process');
+    expect(parseCliOptions([]).compareWith).toBe('both');
+    expect(parseCliOptions(['--compare-with', 'in-process']).compareWith).toBe('in-process');
   });
 
   it('defaults jobs to the number of cores', () => {
