@@ -63,6 +63,10 @@ export const IOTEST_124_CHECKS = {
     origin: 'suite',
     description: "at the end of the case every job event QEMU sent was taken by a job's tracking, every job reached status null, query-jobs is empty",
   },
+  'event-buffer-control': {
+    origin: 'suite',
+    description: 'where the reference finds no event left, an event nobody waits for (STOP, then RESUME) is found by the same look, so "none left" means something',
+  },
   'qemu-chosen-job-id': {
     origin: 'suite',
     description: 'a drive-backup sent without job-id runs as a job named after its device',

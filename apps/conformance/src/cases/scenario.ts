@@ -527,11 +527,26 @@ export class Scenario {
     });
   }
 
-  /** Nothing is left in the client's event buffer (every event was someone's to take). */
+  /**
+   * Nothing is left in the client's event buffer (every event was someone's to take); then the
+   * suite's control that the same look does find an event nobody took: `stop` and `cont` make
+   * QEMU send STOP and RESUME (no job runs at this point, and the machine has no CPU to stop).
+   */
   async expectNoPendingEvents(when: string): Promise<void> {
     await this.check('no-events-left', () => {
       const left = this.qmp.events.drain();
       expectEqual(`events left over ${when}`, [], left.map((e) => e.event));
+    });
+    await this.check('event-buffer-control', async () => {
+      for (const [command, event] of [
+        ['stop', 'STOP'],
+        ['cont', 'RESUME'],
+      ] as const) {
+        await this.qmp.execute(command, {}, this.call);
+        // QEMU sends the event before the command's reply, so it is buffered by now.
+        const found = this.qmp.events.drain();
+        expectEqual(`events left over after \`${command}\` ${when}`, [event], found.map((e) => e.event));
+      }
     });
   }
 
