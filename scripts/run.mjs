@@ -132,6 +132,10 @@ const tasks = {
     turbo('build', '--filter=@qmpkit/conformance...');
     process.exit(run('node', ['scripts/mutants.mjs', ...extra]));
   },
+  'bench:nbd': () => {
+    turbo('build', '--filter=@qmpkit/nbd...');
+    process.exit(run('node', ['bench/nbd.mjs']));
+  },
   'bench:conformance': () => {
     turbo('build', '--filter=@qmpkit/conformance...');
     process.exit(run('node', ['bench/conformance.mjs']));

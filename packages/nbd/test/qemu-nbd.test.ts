@@ -133,6 +133,29 @@ test('readRanges streams the allocated extents in order with reads in flight', a
   expect(bytes).toBe(dataBytes);
 });
 
+test('readInto fills a caller buffer; readRanges with reuseBuffers recycles a bounded set of buffers', async () => {
+  const target = Buffer.alloc(3 * MiB + 5, 0xee);
+  const view = target.subarray(2, 3 * MiB + 3);
+  expect(await nbd.readInto(view, 3 * MiB - 1)).toBe(view);
+  expect(view.equals(reference.subarray(3 * MiB - 1, 6 * MiB))).toBe(true);
+  expect([target[0], target[1], target[target.length - 1]]).toEqual([0xee, 0xee, 0xee]);
+
+  const buffers = new Set<ArrayBufferLike>();
+  let next = 0;
+  for await (const block of nbd.readRanges([{ offset: 0, length: 20 * MiB }, { offset: 40 * MiB, length: 3 * MiB + 7 }], {
+    blockSize: MiB,
+    readAhead: 3,
+    reuseBuffers: true,
+  })) {
+    // Valid until the next step of the loop: checked here, not kept.
+    expect(block.data.equals(reference.subarray(block.offset, block.offset + block.length))).toBe(true);
+    buffers.add(block.data.buffer);
+    next += block.length;
+  }
+  expect(next).toBe(23 * MiB + 7);
+  expect(buffers.size).toBeLessThanOrEqual(4); // readAhead + the one lent to the loop
+});
+
 test('reads outside the export are refused before anything is sent', async () => {
   await expect(nbd.read(SIZE - 1, 2)).rejects.toBeInstanceOf(NbdArgumentError);
   await expect(nbd.read(-1, 1)).rejects.toBeInstanceOf(NbdArgumentError);

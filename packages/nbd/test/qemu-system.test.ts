@@ -68,7 +68,7 @@ afterAll(async () => {
 
 async function bitmapCount(): Promise<number> {
   const blocks = await vm.qmp.execute('query-block');
-  const bitmap = blocks.flatMap((b) => b.inserted?.['dirty-bitmaps'] ?? b['dirty-bitmaps'] ?? []).find((d) => d.name === BITMAP);
+  const bitmap = blocks.flatMap((b) => b.inserted?.['dirty-bitmaps'] ?? []).find((d) => d.name === BITMAP);
   if (!bitmap) throw new Error(`bitmap ${BITMAP} not found in query-block`);
   return bitmap.count;
 }
