@@ -123,6 +123,19 @@ function typeCheckSource(packages) {
       `}`,
     );
   }
+  if (packages.some((p) => p.name === '@qmpkit/nbd')) {
+    lines.push(
+      `import type { NbdClient, NbdConnectOptions, NbdExtent } from '@qmpkit/nbd';`,
+      `export async function dirtyBytes(target: string): Promise<number> {`,
+      `  const options: NbdConnectOptions = { exportName: 'disk', metaContexts: [nbd.qemuDirtyBitmapContext('b0')] };`,
+      `  const client: NbdClient = await nbd.NbdClient.connect(target, options);`,
+      `  let total = 0;`,
+      `  for await (const extent of client.extents() as AsyncIterable<NbdExtent>) if (extent.flags & nbd.ExtentFlag.DIRTY) total += extent.length;`,
+      `  await client.disconnect();`,
+      `  return total;`,
+      `}`,
+    );
+  }
   return `${lines.join('\n')}\n`;
 }
 
@@ -138,6 +151,10 @@ function runtimeSource(packages, style) {
   if (packages.some((p) => p.name === '@qmpkit/client')) {
     const index = packages.findIndex((p) => p.name === '@qmpkit/client');
     lines.push(`if (typeof pkg${index}.QmpClient?.connect !== 'function') throw new Error('QmpClient.connect missing');`);
+  }
+  if (packages.some((p) => p.name === '@qmpkit/nbd')) {
+    const index = packages.findIndex((p) => p.name === '@qmpkit/nbd');
+    lines.push(`if (typeof pkg${index}.NbdClient?.connect !== 'function') throw new Error('NbdClient.connect missing');`);
   }
   lines.push('console.log(JSON.stringify(loaded));');
   return `${lines.join('\n')}\n`;

@@ -43,38 +43,38 @@ import { describeTarget, openSocket, withDeadline, type NbdTarget } from './sock
 
 export interface NbdConnectOptions {
   /** The export to use. Default `''` (the server's default export). */
-  exportName?: string;
+  exportName?: string | undefined;
   /** Deadline in ms for the socket to appear and accept, and for the whole handshake. Default 10 000. */
-  connectTimeout?: number;
-  signal?: AbortSignal;
+  connectTimeout?: number | undefined;
+  signal?: AbortSignal | undefined;
   /**
    * Ask for structured replies (default true). They carry holes without sending zeroes, errors
    * with messages, and are required for block status. With false the server answers reads
    * with simple replies.
    */
-  structuredReplies?: boolean;
+  structuredReplies?: boolean | undefined;
   /**
    * Metadata contexts to select, e.g. `['base:allocation', 'qemu:dirty-bitmap:bitmap0']`. Each
    * must be granted by the server, or connect fails with `NbdHandshakeError`.
    */
-  metaContexts?: readonly string[];
+  metaContexts?: readonly string[] | undefined;
   /** Default timeout of each request, in ms; none when omitted. */
-  requestTimeout?: number;
+  requestTimeout?: number | undefined;
   /** Requests on the wire at once; more wait in a queue. Default 16. */
-  maxInFlight?: number;
+  maxInFlight?: number | undefined;
   /**
    * Largest read request sent; longer reads are split. Default: the server's maximum block
    * size, or 32 MiB when it advertises none (the specification's advice).
    */
-  maxRequestSize?: number;
+  maxRequestSize?: number | undefined;
 }
 
 /** Options of each awaited operation. */
 export interface NbdRequestOptions {
   /** Milliseconds; rejects with `NbdTimeoutError`. Defaults to the connection's `requestTimeout`. */
-  timeout?: number;
+  timeout?: number | undefined;
   /** Rejects with `NbdAbortError` when aborted. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 export interface NbdBlockSize {
@@ -117,11 +117,11 @@ export interface NbdExtent {
 
 export interface NbdExtentsOptions extends NbdRequestOptions {
   /** The metadata context, e.g. `'base:allocation'`; may be left out when exactly one was selected. */
-  context?: string;
+  context?: string | undefined;
   /** Default 0. */
-  offset?: number;
+  offset?: number | undefined;
   /** Default: to the end of the export. */
-  length?: number;
+  length?: number | undefined;
 }
 
 /** One block read by `readRanges`: the data of [offset, offset + length). */
@@ -133,15 +133,15 @@ export interface NbdBlock {
 
 export interface NbdReadRangesOptions extends NbdRequestOptions {
   /** Reads kept in flight ahead of the consumer. Default 8. */
-  readAhead?: number;
+  readAhead?: number | undefined;
   /** Largest block yielded (ranges are split into blocks of at most this). Default 1 MiB. */
-  blockSize?: number;
+  blockSize?: number | undefined;
   /**
    * Recycle the blocks' buffers: a block's `data` is then valid only until the loop asks for the
    * next block (copy it to keep it). Saves allocating (and the kernel faulting in) fresh memory
    * for every block, which is most of the client's CPU cost on long copies. Default false.
    */
-  reuseBuffers?: boolean;
+  reuseBuffers?: boolean | undefined;
 }
 
 export type NbdConnectionState = 'connecting' | 'negotiating' | 'ready' | 'closing' | 'closed';
