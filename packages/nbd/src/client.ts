@@ -181,7 +181,7 @@ const DEFAULT_CONNECT_TIMEOUT = 10_000;
 const DEFAULT_MAX_IN_FLIGHT = 16;
 const DEFAULT_READ_AHEAD = 8;
 const DEFAULT_BLOCK = 1024 * 1024;
-/** Block status requests ask for at most this much at once: a multiple of every legal minimum block size. */
+/** Requests ask for at most this much at once: a multiple of every legal minimum block size. */
 const MAX_STATUS_REQUEST = 0x8000_0000;
 const NO_LIMIT = 0xffff_ffff;
 /** Size of the buffer the socket reads into (between payloads that are read in place). */
@@ -707,6 +707,8 @@ export class NbdClient {
     };
     let max = Math.min(this.#maxRequestOption ?? DEFAULT_MAX_BLOCK_SIZE, blockSize.maximum === NO_LIMIT ? DEFAULT_MAX_BLOCK_SIZE : blockSize.maximum);
     if (this.#maxRequestOption !== undefined && blockSize.maximum === NO_LIMIT) max = this.#maxRequestOption;
+    // A request's length is a 32-bit field; 2 GiB keeps every split far from its limit.
+    max = Math.min(max, MAX_STATUS_REQUEST);
     max -= max % blockSize.minimum;
     this.#maxRequest = Math.max(max, blockSize.minimum);
     if (this.#state.kind === 'negotiating') this.#state = { kind: 'ready' };
