@@ -55,7 +55,7 @@ const TS_BUILTINS: ReadonlyMap<string, string> = new Map(
 );
 
 /** Names the index itself declares; a QAPI type of the same name would clash. */
-const RESERVED_NAMES = new Set(['QmpCommands', 'QmpEvents', 'QmpCommandInfo', 'QmpEventInfo', 'qmpCommandInfo', 'qmpEventInfo', 'qapiSource']);
+const RESERVED_NAMES = new Set(['QmpCommands', 'QmpEvents', 'QmpOobCommandName', 'QmpCommandInfo', 'QmpEventInfo', 'qmpCommandInfo', 'qmpEventInfo', 'qapiSource']);
 
 const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
 
@@ -473,6 +473,8 @@ function emitIndex(
     `export interface QmpCommands extends${extendsList(withCommands.map((m) => mapNames.get(m)?.commands ?? ''))} {}\n\n` +
     `/** Every QMP event: name -> the event's \`data\`. */\n` +
     `export interface QmpEvents extends${extendsList(withEvents.map((m) => mapNames.get(m)?.events ?? ''))} {}\n\n` +
+    `/** Commands the schema marks \`allow-oob\`: the names \`exec-oob\` accepts. */\n` +
+    `export type QmpOobCommandName =${oobUnion(commands)};\n\n` +
     `/** Facts about a command that a client acts on at run time. */\n` +
     `export interface QmpCommandInfo {\n` +
     `  /** Carries QAPI feature \`deprecated\`. */\n  readonly deprecated: boolean;\n` +
@@ -500,4 +502,9 @@ function emitIndex(
       .join('') +
     `};\n`
   );
+}
+
+function oobUnion(commands: readonly CommandDef[]): string {
+  const names = commands.filter((c) => c.allowOob).map((c) => c.name);
+  return names.length === 0 ? ' never' : names.map((n) => `\n  | ${quote(n)}`).join('');
 }

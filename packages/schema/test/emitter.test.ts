@@ -138,6 +138,8 @@ describe('emitTypeScript', () => {
     expect(index).toContain('export interface QmpEvents extends\n    MainEvents {}');
     expect(index).toContain("  'do-it': { deprecated: true, unstable: false, allowOob: true },");
     expect(index).toContain("  'named-args': { deprecated: false, unstable: true, allowOob: false },");
+    // Only do-it carries allow-oob.
+    expect(index).toContain("export type QmpOobCommandName =\n  | 'do-it';\n");
     expect(index).toContain('  WITH_DATA: { deprecated: false, unstable: true },');
     expect(index).toContain("export const qapiSource = 'test input 1.0';");
   });
@@ -172,6 +174,12 @@ describe('emitTypeScript', () => {
       'export { ok, withCount, badMode, badName, undef, none, extra, hand, narrow, wrongArm, action, common, commonMissing, commonNarrow, refs, ev, flags };\n';
     const errors = typeErrors(new Map([...files, ['usage.ts', usage]]));
     expect(errors).toEqual([]);
+  });
+
+  it('emits never as the out-of-band command names when no command allows it', () => {
+    const schema = loadSchemaFromTexts('m.json', { 'm.json': "{ 'command': 'plain' }" });
+    const emitted = emitTypeScript(schema, SOURCE).find((f) => f.path === 'index.ts')?.content ?? '';
+    expect(emitted).toContain('export type QmpOobCommandName = never;\n');
   });
 
   it('rejects a QAPI name that clashes with the generated index', () => {

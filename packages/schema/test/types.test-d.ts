@@ -13,6 +13,7 @@ import type {
   QmpEventData,
   QmpEventName,
   QmpEvents,
+  QmpOobCommandName,
   TransactionAction,
 } from '../src/index.js';
 
@@ -91,3 +92,5 @@ export const qcow2: QmpCommandArgs<'blockdev-add'> = {
 };
 // @ts-expect-error a qcow2 node needs its `file`
 export const qcow2WithoutFile: QmpCommandArgs<'blockdev-add'> = { driver: 'qcow2', 'node-name': 'node0' };
+// The commands QEMU 7.2 lets run out of band.
+assertType<Equal<QmpOobCommandName, 'migrate-pause' | 'migrate-recover' | 'query-yank' | 'yank'>>();

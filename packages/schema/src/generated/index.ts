@@ -118,6 +118,13 @@ export interface QmpEvents extends
     RunStateEvents,
     UiEvents {}
 
+/** Commands the schema marks `allow-oob`: the names `exec-oob` accepts. */
+export type QmpOobCommandName =
+  | 'migrate-pause'
+  | 'migrate-recover'
+  | 'query-yank'
+  | 'yank';
+
 /** Facts about a command that a client acts on at run time. */
 export interface QmpCommandInfo {
   /** Carries QAPI feature `deprecated`. */
