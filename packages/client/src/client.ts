@@ -104,6 +104,11 @@ export interface ConnectOptions {
   /** Largest message accepted from the server, in bytes. Default 10 MiB. */
   maxMessageSize?: number;
   /**
+   * Deepest nesting of objects and arrays accepted in a message from the server. Default
+   * 1024, the limit QEMU's own JSON parser applies to what it reads.
+   */
+  maxMessageDepth?: number;
+  /**
    * Called with every message sent and received, with dropped replies, and with events
    * evicted from the full history buffer. Off by default.
    */
@@ -410,7 +415,10 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
   private constructor(stream: Duplex, target: string, options: ConnectOptions) {
     this.#stream = stream;
     this.target = target;
-    this.#parser = new QmpMessageParser(options.maxMessageSize === undefined ? {} : { maxMessageSize: options.maxMessageSize });
+    this.#parser = new QmpMessageParser({
+      ...(options.maxMessageSize === undefined ? {} : { maxMessageSize: options.maxMessageSize }),
+      ...(options.maxMessageDepth === undefined ? {} : { maxDepth: options.maxMessageDepth }),
+    });
     this.#transcript = options.transcript;
     this.#commandTimeout = options.commandTimeout;
     this.#onDeprecatedCommand = options.onDeprecatedCommand;
@@ -743,6 +751,11 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     for (let i = 0; i < messages.length; i++) {
       if (this.#state.kind === 'closed') return;
       this.#handle(messages[i]);
+    }
+    // Messages completed before malformed input in the same chunk were handled first.
+    const failure = this.#parser.failure;
+    if (failure !== undefined) {
+      this.#fail(new QmpConnectionError(`malformed data from ${this.target}: ${failure.message}`, { cause: failure }), true);
     }
   };
 

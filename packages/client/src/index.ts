@@ -33,7 +33,7 @@ export {
   QmpProtocolError,
   QmpTimeoutError,
 } from './errors.js';
-export { QmpMessageParser, DEFAULT_MAX_MESSAGE_SIZE } from './parser.js';
+export { QmpMessageParser, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MESSAGE_SIZE } from './parser.js';
 export type { QmpParserOptions } from './parser.js';
 export { serializeCommand } from './serializer.js';
 export { classifyServerMessage } from './messages.js';

@@ -58,15 +58,24 @@ describe('QmpMessageParser', () => {
       error = e;
     }
     expect(QmpProtocolError.isInstance(error)).toBe(true);
-    expect((error as QmpProtocolError).excerpt).toContain('oops');
-    expect((error as Error).cause).toBeInstanceOf(SyntaxError);
+    // Found at the first byte JSON's grammar rules out, with the message up to it.
+    expect((error as Error).message).toBe('malformed QMP stream: "o" where a member name was expected (byte 24 of the message)');
+    expect((error as QmpProtocolError).excerpt).toBe('{"return": {}, "id": 1, o');
     expect(() => parser.push('{"return": {}}')).toThrow(error as Error);
   });
 
   test('text that is not an object at the top level is rejected', () => {
-    expect(() => new QmpMessageParser().push('[1, 2]\n')).toThrow(/expected '\{' but found "\["/);
+    expect(() => new QmpMessageParser().push('[1, 2]\n')).toThrow(/"\[" where '\{' \(the start of a QMP message\) was expected/);
     expect(() => new QmpMessageParser().push('garbage\n')).toThrow(QmpProtocolError);
-    expect(() => new QmpMessageParser().push('{"return": 1}}')).toThrow(/expected '\{' but found "\}"/);
+  });
+
+  test('messages completed before malformed input in the same chunk are returned; the next call throws', () => {
+    const parser = new QmpMessageParser();
+    expect(parser.failure).toBeUndefined();
+    expect(parser.push('{"return": 1}\n{"return": 2}}')).toEqual([{ return: 1 }, { return: 2 }]);
+    expect(parser.failure?.message).toMatch(/"\}" where '\{' \(the start of a QMP message\) was expected/);
+    expect(() => parser.push('{"return": 3}\n')).toThrow(parser.failure);
+    expect(() => parser.end()).toThrow(parser.failure);
   });
 
   test('enforces the size limit, also before a message is complete', () => {
