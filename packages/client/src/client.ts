@@ -10,15 +10,24 @@ import {
   QmpProtocolError,
   QmpTimeoutError,
 } from './errors.js';
-import { qmpCommandInfo, type QmpCommandInfo, type QmpCommands, type QmpEvents } from '@qmpkit/schema';
+import {
+  qmpCommandInfo,
+  type QmpCommandInfo,
+  type QmpCommands,
+  type QmpEvents,
+  type QmpOobCommandName,
+} from '@qmpkit/schema';
 import { QmpEventHub, kDispatch, kEnd, type EventHubOptions, type EventSpecs } from './events.js';
+import { describeThrown, excerptOf } from './excerpt.js';
 import {
   classifyServerMessage,
+  isEchoableId,
   isErrorReply,
   type QmpCommandMessage,
   type QmpGreeting,
   type QmpRawEvent,
   type QmpReply,
+  type QmpSuccessReply,
   type QmpVersion,
 } from './messages.js';
 import { QmpMessageParser } from './parser.js';
@@ -34,6 +43,13 @@ export type CommandSpecs<C> = { [K in keyof C]: { args: unknown; returns: unknow
 export interface LooseCommands {
   [name: string]: { args: Record<string, unknown> | undefined; returns: unknown };
 }
+
+/**
+ * Names `executeOob` accepts for command map `C`: for `QmpCommands`, the commands QEMU's
+ * schema marks `allow-oob` (`QmpOobCommandName`); for any other map, every name (the client
+ * cannot know which of its commands allow out-of-band execution).
+ */
+export type OobCommandName<C> = [C] extends [QmpCommands] ? QmpOobCommandName & keyof C : keyof C & string;
 
 export type CommandArgs<C, K extends keyof C> = C[K] extends { args: infer A } ? A : never;
 export type CommandReturn<C, K extends keyof C> = C[K] extends { returns: infer R } ? R : never;
@@ -378,6 +394,19 @@ function raceDeadline<T>(
 }
 
 /**
+ * The `QmpProtocolError` that explains a failure to handle what the peer sent: the error
+ * itself when it is one, else (a fault of the client's own, triggered by that input) a
+ * protocol error wrapping it, with an excerpt of the message.
+ */
+function asProtocolError(error: unknown, message: unknown): QmpProtocolError {
+  if (QmpProtocolError.isInstance(error)) return error;
+  return new QmpProtocolError(`failed to handle a message: ${describeThrown(error)}`, {
+    cause: error,
+    ...(message === undefined ? {} : { excerpt: excerptOf(message) }),
+  });
+}
+
+/**
  * A QMP connection. Create it with `QmpClient.connect()`; the type parameters are the
  * command and event maps (`QmpCommands` and `QmpEvents` from `@qmpkit/schema`).
  *
@@ -389,7 +418,11 @@ function raceDeadline<T>(
  * `events.stream()` then fails with a `QmpConnectionError` whose `cause` says why. During
  * negotiation, a repeated greeting or an id-less error restarts it (a QEMU 7.2 start-up race).
  */
-export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventSpecs<E> = QmpEvents> {
+export class QmpClient<
+  C extends CommandSpecs<C> = QmpCommands,
+  E extends EventSpecs<E> = QmpEvents,
+  O extends keyof C & string = OobCommandName<C>,
+> {
   /** Events of this connection: listeners, waits, streams and the history buffer. */
   readonly events: QmpEventHub<E>;
   /** Where this client is connected: a socket path, `host:port`, or `stream`. */
@@ -443,17 +476,21 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
    * unix socket path, `{ path }`, `{ host, port }`, or a connected Duplex stream (for
    * `-qmp stdio`: `Duplex.from({ readable: child.stdout, writable: child.stdin })`).
    */
-  static async connect<C extends CommandSpecs<C> = QmpCommands, E extends EventSpecs<E> = QmpEvents>(
+  static async connect<
+    C extends CommandSpecs<C> = QmpCommands,
+    E extends EventSpecs<E> = QmpEvents,
+    O extends keyof C & string = OobCommandName<C>,
+  >(
     target: ConnectTarget,
     options: ConnectOptions = {},
-  ): Promise<QmpClient<C, E>> {
+  ): Promise<QmpClient<C, E, O>> {
     const connectTimeout = options.connectTimeout ?? 10_000;
     const deadline = Date.now() + connectTimeout;
     const signal = options.signal;
     const name = describeTarget(target);
     if (signal?.aborted) throw new QmpAbortError(`connect to ${name}`, signal.reason);
     const stream = isDuplex(target) ? target : await openSocket(target, deadline, connectTimeout, signal);
-    const client = new QmpClient<C, E>(stream, name, options);
+    const client = new QmpClient<C, E, O>(stream, name, options);
     try {
       await client.#negotiate(options, deadline, connectTimeout);
     } catch (error) {
@@ -516,10 +553,11 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
 
   /**
    * Runs a command out of band (`exec-oob`), which QEMU handles even while an in-band
-   * command is still running. Only commands QEMU marks `allow-oob` qualify. Rejects with
+   * command is still running. Only commands QEMU marks `allow-oob` qualify, and only those
+   * compile (the third type parameter, `OobCommandName<C>` by default). Rejects with
    * `QmpNegotiationError` when the connection was not opened with `oob: true`.
    */
-  executeOob<K extends keyof C & string>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>>;
+  executeOob<K extends O>(name: K, ...params: ExecuteParameters<CommandArgs<C, K>>): Promise<CommandReturn<C, K>>;
   executeOob(name: string, args?: unknown, options?: CommandOptions): Promise<unknown> {
     if (!this.#oob) {
       return Promise.reject(new QmpNegotiationError(
@@ -740,17 +778,30 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     }
   }
 
+  // Nothing a peer sends may throw out of here: this runs in the socket's 'data' handler,
+  // where an exception is an uncaught exception in the user's process. Any failure while
+  // taking a chunk apart or handling a message ends the connection instead.
   readonly #onData = (chunk: Buffer | string): void => {
     let messages: unknown[];
     try {
       messages = this.#parser.push(chunk);
     } catch (error) {
-      this.#fail(new QmpConnectionError(`malformed data from ${this.target}: ${(error as Error).message}`, { cause: error }), true);
+      this.#fail(new QmpConnectionError(`malformed data from ${this.target}: ${describeThrown(error)}`, {
+        cause: asProtocolError(error, undefined),
+      }), true);
       return;
     }
     for (let i = 0; i < messages.length; i++) {
       if (this.#state.kind === 'closed') return;
-      this.#handle(messages[i]);
+      const message = messages[i];
+      try {
+        this.#handle(message);
+      } catch (error) {
+        this.#fail(new QmpConnectionError(`unexpected message from ${this.target}: ${describeThrown(error)}`, {
+          cause: asProtocolError(error, message),
+        }), true);
+        return;
+      }
     }
     // Messages completed before malformed input in the same chunk were handled first.
     const failure = this.#parser.failure;
@@ -760,18 +811,24 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
   };
 
   #handle(value: unknown): void {
-    // Most traffic is successful replies; skip building a classification for them.
-    if (this.#greetingWaiter === undefined && typeof value === 'object' && value !== null && 'return' in value) {
-      this.#handleReply(value as QmpReply);
-      return;
+    // Most traffic is successful replies to pending commands; they skip building a
+    // classification, with the same checks inline.
+    if (
+      this.#greetingWaiter === undefined && typeof value === 'object' && value !== null && 'return' in value
+      && !('error' in value) && !('event' in value) && !('QMP' in value)
+    ) {
+      const id = (value as QmpSuccessReply).id;
+      if (id === undefined || isEchoableId(id)) {
+        this.#handleReply(value as QmpSuccessReply);
+        return;
+      }
     }
     let kind: ReturnType<typeof classifyServerMessage>;
     try {
       kind = classifyServerMessage(value);
     } catch (error) {
       if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
-      this.#fail(new QmpConnectionError(`unexpected message from ${this.target}: ${(error as Error).message}`, { cause: error }), true);
-      return;
+      throw error;
     }
     // QEMU writes the greeting from a bottom half after the socket is accepted, while events
     // go to every monitor not in negotiation mode, so an event can come first on a fresh
@@ -780,9 +837,7 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     if (this.#greetingWaiter && kind.kind === 'reply') {
       if (this.#transcript) this.#record({ direction: 'in', time: Date.now(), message: value });
       this.#fail(new QmpConnectionError(`${this.target} did not start with a QMP greeting`, {
-        cause: new QmpProtocolError('expected a QMP greeting, got a reply', {
-          excerpt: JSON.stringify(value).slice(0, 200),
-        }),
+        cause: new QmpProtocolError('expected a QMP greeting, got a reply', { excerpt: excerptOf(value) }),
       }), true);
       return;
     }
@@ -805,7 +860,7 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
         }
         if (this.#greeting || !waiter) {
           this.#fail(new QmpConnectionError(`unexpected second greeting from ${this.target}`, {
-            cause: new QmpProtocolError('greeting received after the session started'),
+            cause: new QmpProtocolError('greeting received after the session started', { excerpt: excerptOf(value) }),
           }), true);
           return;
         }
@@ -817,9 +872,10 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
     }
   }
 
+  /** A reply whose shape was checked: exactly one of `return` and `error`, an id of ours if any. */
   #handleReply(reply: QmpReply): void {
     const id = reply.id;
-    const entry = typeof id === 'number' ? this.#pending.get(id) : undefined;
+    const entry = id === undefined ? undefined : this.#pending.get(id);
     if (entry === undefined) {
       if (id === undefined && isErrorReply(reply)) {
         const onNoise = this.#onNegotiationNoise;
@@ -833,7 +889,7 @@ export class QmpClient<C extends CommandSpecs<C> = QmpCommands, E extends EventS
         // QEMU answers without an id only when it could not even parse a request, so the
         // two sides no longer agree on what was sent; nothing pending can be trusted.
         const cause = new QmpProtocolError(`error reply without an id: ${reply.error.class}: ${reply.error.desc}`, {
-          excerpt: JSON.stringify(reply),
+          excerpt: excerptOf(reply),
         });
         this.#fail(new QmpConnectionError(`${this.target} sent an error reply without an id (${reply.error.desc})`, { cause }), true);
         return;

@@ -19,6 +19,17 @@ describe('errors', () => {
     expect(error.message).toBe("device_del: DeviceNotFound: Device 'x' not found");
   });
 
+  test('an error class the schema does not list (a newer QEMU) is reported as GenericError, without throwing', () => {
+    const newer = { error: { class: 'SomeFutureClass', desc: 'from QEMU 12' }, id: 3 };
+    const error = new QmpCommandError(command, newer);
+    expect(error.errorClass).toBe('GenericError');
+    expect(error.reply.error.class).toBe('SomeFutureClass');
+    expect(error.message).toBe('device_del: SomeFutureClass: from QEMU 12');
+    for (const known of ['GenericError', 'CommandNotFound', 'DeviceNotActive', 'DeviceNotFound', 'KVMMissingCap']) {
+      expect(new QmpCommandError(command, { error: { class: known, desc: '' } }).errorClass).toBe(known);
+    }
+  });
+
   test('isInstance follows the class hierarchy', () => {
     const errors = [
       new QmpCommandError(command, reply),

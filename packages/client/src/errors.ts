@@ -1,3 +1,4 @@
+import type { QapiErrorClass } from '@qmpkit/schema';
 import type { QmpCommandMessage, QmpErrorReply } from './messages.js';
 
 function brandOf(name: string): symbol {
@@ -32,12 +33,27 @@ export class QmpError extends Error {
   }
 }
 
+// Every class of QEMU's QapiErrorClass. `satisfies` keeps the list equal to the schema's enum:
+// a class added to or removed from it fails to compile here.
+const KNOWN_ERROR_CLASSES: ReadonlySet<string> = new Set(Object.keys({
+  GenericError: true,
+  CommandNotFound: true,
+  DeviceNotActive: true,
+  DeviceNotFound: true,
+  KVMMissingCap: true,
+} satisfies Record<QapiErrorClass, true>));
+
 /** QEMU answered a command with an error reply. */
 export class QmpCommandError extends QmpError {
   protected static override readonly brand: string = 'QmpCommandError';
 
-  /** QMP error class, e.g. `GenericError`, `DeviceNotFound`, `CommandNotFound`. */
-  readonly errorClass: string;
+  /**
+   * QMP error class: `GenericError`, `CommandNotFound`, `DeviceNotFound`, ... A class that
+   * QEMU 7.2's schema does not list (from a newer or patched QEMU) is reported as
+   * `GenericError`, what QEMU itself uses for every new error; the class as sent stays in
+   * `reply.error.class`.
+   */
+  readonly errorClass: QapiErrorClass;
   /** QEMU's human-readable description. */
   readonly desc: string;
   /** The command as it was sent (including its id). */
@@ -47,7 +63,8 @@ export class QmpCommandError extends QmpError {
 
   constructor(command: QmpCommandMessage, reply: QmpErrorReply) {
     super(`${command.execute ?? command['exec-oob'] ?? 'command'}: ${reply.error.class}: ${reply.error.desc}`);
-    this.errorClass = reply.error.class;
+    const sent = reply.error.class;
+    this.errorClass = KNOWN_ERROR_CLASSES.has(sent) ? (sent as QapiErrorClass) : 'GenericError';
     this.desc = reply.error.desc;
     this.command = command;
     this.reply = reply;

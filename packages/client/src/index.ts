@@ -9,6 +9,7 @@ export type {
   ConnectTarget,
   ExecuteParameters,
   LooseCommands,
+  OobCommandName,
   QmpConnectionState,
   QmpTranscriptEntry,
 } from './client.js';

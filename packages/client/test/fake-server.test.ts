@@ -142,11 +142,14 @@ describe('ids, timeouts and aborts', () => {
     const { client, connection } = await fx.connect({ transcript: (entry) => transcript.push(entry) });
     const call = client.execute('query-status');
     const command = await connection.receive();
-    await connection.send('{"return": "stray", "id": 424242}\n{"return": "stray", "id": "not-ours"}\n');
+    await connection.send('{"return": "stray", "id": 424242}\n{"error": {"class": "GenericError", "desc": "late"}, "id": 99}\n');
     await connection.send(`{"return": "mine", "id": ${JSON.stringify(command['id'])}}\n`);
     await expect(call).resolves.toBe('mine');
     const dropped = transcript.filter((e) => e.direction === 'in' && e.dropped === 'unknown-id');
-    expect(dropped.map((e) => e.message)).toEqual([{ return: 'stray', id: 424242 }, { return: 'stray', id: 'not-ours' }]);
+    expect(dropped.map((e) => e.message)).toEqual([
+      { return: 'stray', id: 424242 },
+      { error: { class: 'GenericError', desc: 'late' }, id: 99 },
+    ]);
     expect(transcript.some((e) => e.direction === 'out' && e.message.execute === 'query-status' && e.message.id === command['id'])).toBe(true);
     expect(client.state).toBe('ready');
   });
