@@ -32,7 +32,7 @@ describe('matchesPartial', () => {
 });
 
 describe('QmpEventHub', () => {
-  test('listeners see every event, per name and on "event"; data defaults to {}', () => {
+  test('callbacks see every event, per name and on "event"; data defaults to {}', () => {
     const hub = new QmpEventHub<Events>();
     const all: string[] = [];
     const stops: unknown[] = [];
@@ -45,35 +45,31 @@ describe('QmpEventHub', () => {
     expect(hub.listenerCount('STOP')).toBe(1);
   });
 
-  test('wait takes a buffered event that arrived before it, and only once', async () => {
+  test('wait sees only events that arrive after it, unless it asks for the history', async () => {
     const hub = new QmpEventHub<Events>();
     hub[kDispatch](completed('drive0'));
-    const event = await hub.wait('BLOCK_JOB_COMPLETED', { match: { data: { device: 'drive0' } } });
-    expect(event.data.device).toBe('drive0');
-    expect(hub.buffered).toEqual([]);
     await expect(hub.wait('BLOCK_JOB_COMPLETED', { timeout: 10 })).rejects.toBeInstanceOf(QmpTimeoutError);
+    const fromHistory = await hub.wait('BLOCK_JOB_COMPLETED', { history: true, match: { data: { device: 'drive0' } } });
+    expect(fromHistory.data.device).toBe('drive0');
+    // Nothing is taken from the history: it is a record, not anyone's queue.
+    expect(hub.buffered).toHaveLength(1);
+    await expect(hub.wait('BLOCK_JOB_COMPLETED', { history: true })).resolves.toBe(fromHistory);
+    expect(hub.consumerCount).toBe(0);
   });
 
-  test('an event one waiter does not match stays for another', async () => {
-    const hub = new QmpEventHub<Events>();
-    const forDrive1 = hub.wait('BLOCK_JOB_COMPLETED', { match: { data: { device: 'drive1' } } });
-    hub[kDispatch](completed('drive0'));
-    hub[kDispatch](completed('drive1'));
-    expect((await forDrive1).data.device).toBe('drive1');
-    expect(hub.buffered.map((e) => e.event === 'BLOCK_JOB_COMPLETED' && e.data.device)).toEqual(['drive0']);
-    const forDrive0 = await hub.wait(['BLOCK_JOB_CANCELLED', 'BLOCK_JOB_COMPLETED'], { match: (e) => e.data.device === 'drive0' });
-    expect(forDrive0.event).toBe('BLOCK_JOB_COMPLETED');
-    expect(hub.buffered).toEqual([]);
-  });
-
-  test('two waiters for the same event each get their own', async () => {
+  test('every pending wait sees every event: waits never take events from each other', async () => {
     const hub = new QmpEventHub<Events>();
     const first = hub.wait('STOP');
-    const second = hub.wait('STOP');
+    const second = hub.wait(['STOP', 'RESUME']);
+    const other = hub.wait('BLOCK_JOB_COMPLETED', { match: { data: { device: 'drive1' } } });
     hub[kDispatch](raw('STOP'));
-    hub[kDispatch](raw('STOP'));
-    const [a, b] = await Promise.all([first, second]);
-    expect(a.timestamp.seconds).toBeLessThan(b.timestamp.seconds);
+    hub[kDispatch](completed('drive0'));
+    hub[kDispatch](completed('drive1'));
+    const [a, b, c] = await Promise.all([first, second, other]);
+    expect(a).toBe(b);
+    expect(c.data.device).toBe('drive1');
+    expect(hub.buffered.map((e) => e.event)).toEqual(['STOP', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_COMPLETED']);
+    expect(hub.consumerCount).toBe(0);
   });
 
   test('a throwing predicate rejects only its own waiter', async () => {
@@ -89,43 +85,199 @@ describe('QmpEventHub', () => {
     await expect(good).resolves.toMatchObject({ event: 'STOP' });
   });
 
-  test('wait honours timeout and AbortSignal', async () => {
+  test('wait honours timeout and AbortSignal and leaves nothing subscribed', async () => {
     const hub = new QmpEventHub<Events>();
     const timedOut = await hub.wait('STOP', { timeout: 5 }).catch((e: unknown) => e);
     expect(timedOut).toBeInstanceOf(QmpTimeoutError);
     expect((timedOut as QmpTimeoutError).operation).toBe('wait for event STOP');
     const controller = new AbortController();
     const aborted = hub.wait('STOP', { signal: controller.signal });
+    expect(hub.consumerCount).toBe(1);
     controller.abort('enough');
     await expect(aborted).rejects.toBeInstanceOf(QmpAbortError);
     await expect(hub.wait('STOP', { signal: controller.signal })).rejects.toBeInstanceOf(QmpAbortError);
-    // The timed-out and aborted waiters are gone: the next STOP is buffered, not swallowed.
-    hub[kDispatch](raw('STOP'));
-    expect(hub.buffered).toHaveLength(1);
+    expect(hub.consumerCount).toBe(0);
   });
 
-  test('the history buffer is bounded and drops the oldest first', () => {
+  test('the history buffer is bounded and drops the oldest first; clear forgets it', () => {
     const hub = new QmpEventHub<Events>({ historySize: 3 });
     for (const device of ['a', 'b', 'c', 'd', 'e']) hub[kDispatch](completed(device));
     expect(hub.buffered.map((e) => (e.data as { device: string }).device)).toEqual(['c', 'd', 'e']);
+    hub.clear();
+    expect(hub.buffered).toEqual([]);
     const none = new QmpEventHub<Events>({ historySize: 0 });
     none[kDispatch](raw('STOP'));
     expect(none.buffered).toEqual([]);
   });
+});
 
-  test('drain takes by name, clear forgets', () => {
+describe('QmpEventListener', () => {
+  const device = (e: { data: unknown }): string => (e.data as { device: string }).device;
+
+  test('each listener queues its own copy of every event it listens to', async () => {
     const hub = new QmpEventHub<Events>();
+    const tracker = hub.listen(['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED'], { match: { data: { device: 'drive0' } } });
+    const user = hub.listen('BLOCK_JOB_COMPLETED');
+    const everything = hub.listen();
     hub[kDispatch](raw('STOP'));
+    hub[kDispatch](completed('drive1'));
     hub[kDispatch](completed('drive0'));
-    hub[kDispatch](raw('RESUME'));
-    expect(hub.drain(['STOP', 'RESUME']).map((e) => e.event)).toEqual(['STOP', 'RESUME']);
-    expect(hub.buffered.map((e) => e.event)).toEqual(['BLOCK_JOB_COMPLETED']);
-    hub[kDispatch](raw('STOP'));
-    expect(hub.drain('STOP').map((e) => e.event)).toEqual(['STOP']);
-    hub.clear();
-    expect(hub.drain()).toEqual([]);
+    // The user takes drive0's event from their own listener...
+    expect(device(await user.wait({ match: { data: { device: 'drive0' } } }))).toBe('drive0');
+    // ...and the tracker still has its own copy.
+    expect(tracker.buffered.map(device)).toEqual(['drive0']);
+    expect(device(await tracker.wait())).toBe('drive0');
+    expect(tracker.size).toBe(0);
+    // Take semantics within one listener: each event once, unmatched ones stay.
+    expect(user.buffered.map(device)).toEqual(['drive1']);
+    expect(everything.drain('STOP').map((e) => e.event)).toEqual(['STOP']);
+    expect(everything.drain().map(device)).toEqual(['drive1', 'drive0']);
+    expect(everything.drain()).toEqual([]);
+    expect(hub.consumerCount).toBe(3);
+    for (const listener of [tracker, user, everything]) listener.close();
+    expect(hub.consumerCount).toBe(0);
   });
 
+  test('a wait takes the first match from the queue, else the next to arrive; pending waits come before the queue', async () => {
+    const hub = new QmpEventHub<Events>();
+    using listener = hub.listen(['BLOCK_JOB_COMPLETED', 'STOP']);
+    hub[kDispatch](completed('a'));
+    hub[kDispatch](completed('b'));
+    expect(device(await listener.wait({ match: { data: { device: 'b' } } }))).toBe('b');
+    const forC = listener.wait('BLOCK_JOB_COMPLETED', { match: (e) => e.data.device === 'c' });
+    hub[kDispatch](completed('c'));
+    expect(device(await forC)).toBe('c');
+    expect(listener.buffered.map(device)).toEqual(['a']);
+    await expect(listener.wait('STOP', { timeout: 5 })).rejects.toBeInstanceOf(QmpTimeoutError);
+  });
+
+  test('history: true starts with the buffered events; without it only later ones count', () => {
+    const hub = new QmpEventHub<Events>();
+    hub[kDispatch](completed('early'));
+    using withHistory = hub.listen('BLOCK_JOB_COMPLETED', { history: true });
+    using without = hub.listen('BLOCK_JOB_COMPLETED');
+    hub[kDispatch](completed('late'));
+    expect(withHistory.drain().map(device)).toEqual(['early', 'late']);
+    expect(without.drain().map(device)).toEqual(['late']);
+  });
+
+  test('overflow: queued events can still be taken, then waits, drain and loops fail with QmpEventOverflowError', async () => {
+    const hub = new QmpEventHub<Events>();
+    const listener = hub.listen('BLOCK_JOB_COMPLETED', { capacity: 2 });
+    for (const d of ['a', 'b', 'c', 'd']) hub[kDispatch](completed(d));
+    expect(listener).toMatchObject({ overflowed: true, dropped: 2, size: 2 });
+    // drain() would have to pretend it returns everything: it refuses and takes nothing.
+    expect(() => listener.drain()).toThrow(QmpEventOverflowError);
+    expect(listener.size).toBe(2);
+    // Nothing is queued after the gap, or a later wait could skip the lost events.
+    hub[kDispatch](completed('e'));
+    expect(listener.dropped).toBe(3);
+    expect(device(await listener.wait({ match: { data: { device: 'b' } } }))).toBe('b');
+    const error = await listener.wait({ match: { data: { device: 'e' } } }).catch((e: unknown) => e);
+    expect(QmpEventOverflowError.isInstance(error)).toBe(true);
+    expect(error).toMatchObject({ capacity: 2, dropped: 3 });
+    // clear() accepts the loss: the listener queues again.
+    listener.clear();
+    hub[kDispatch](completed('f'));
+    expect(listener.drain().map(device)).toEqual(['f']);
+    listener.close();
+  });
+
+  test('a wait pending when the queue overflows missed nothing and is still served', async () => {
+    const hub = new QmpEventHub<Events>();
+    using listener = hub.listen(['BLOCK_JOB_COMPLETED', 'STOP'], { capacity: 1 });
+    const stop = listener.wait('STOP');
+    hub[kDispatch](completed('a'));
+    hub[kDispatch](completed('b'));
+    expect(listener.overflowed).toBe(true);
+    hub[kDispatch](raw('STOP'));
+    await expect(stop).resolves.toMatchObject({ event: 'STOP' });
+  });
+
+  test('close() rejects pending waits with QmpAbortError, forgets the queue and ends loops', async () => {
+    const hub = new QmpEventHub<Events>();
+    const listener = hub.listen();
+    hub[kDispatch](raw('STOP'));
+    const waiting = listener.wait('RESUME');
+    const iterator = listener[Symbol.asyncIterator]();
+    expect((await iterator.next()).value?.event).toBe('STOP');
+    const next = iterator.next();
+    listener.close();
+    await expect(waiting).rejects.toBeInstanceOf(QmpAbortError);
+    await expect(next).resolves.toEqual({ value: undefined, done: true });
+    expect(listener.closed).toBe(true);
+    hub[kDispatch](raw('STOP'));
+    expect(listener.size).toBe(0);
+    await expect(listener.wait()).rejects.toBeInstanceOf(QmpAbortError);
+    expect(hub.consumerCount).toBe(0);
+  });
+
+  test('leaving a for-await loop closes the listener; `using` closes it at the end of the scope', async () => {
+    const hub = new QmpEventHub<Events>();
+    const listener = hub.listen('STOP');
+    hub[kDispatch](raw('STOP'));
+    for await (const event of listener) {
+      expect(event.event).toBe('STOP');
+      break;
+    }
+    expect(listener.closed).toBe(true);
+    {
+      using scoped = hub.listen('STOP');
+      expect(scoped.closed).toBe(false);
+      expect(hub.consumerCount).toBe(1);
+    }
+    expect(hub.consumerCount).toBe(0);
+  });
+
+  test('its signal closes it with QmpAbortError', async () => {
+    const hub = new QmpEventHub<Events>();
+    const controller = new AbortController();
+    const listener = hub.listen('STOP', { signal: controller.signal });
+    const waiting = listener.wait();
+    controller.abort(new Error('stop listening'));
+    const error = await waiting.catch((e: unknown) => e);
+    expect(QmpAbortError.isInstance(error)).toBe(true);
+    expect(((error as QmpAbortError).cause as Error).message).toBe('stop listening');
+    expect(hub.consumerCount).toBe(0);
+    const late = hub.listen('STOP', { signal: controller.signal });
+    expect(late.closed).toBe(true);
+  });
+
+  test('a throwing match fails that listener only', async () => {
+    const hub = new QmpEventHub<Events>();
+    const broken = hub.listen('STOP', {
+      match: () => {
+        throw new Error('match bug');
+      },
+    });
+    using fine = hub.listen('STOP');
+    const waiting = broken.wait();
+    hub[kDispatch](raw('STOP'));
+    await expect(waiting).rejects.toThrow('match bug');
+    expect(broken.closed).toBe(true);
+    expect(fine.size).toBe(1);
+  });
+
+  test('after the connection ends, queued events can be taken; then the connection error', async () => {
+    const hub = new QmpEventHub<Events>();
+    using listener = hub.listen();
+    const pending = listener.wait('RESUME');
+    hub[kDispatch](raw('STOP'));
+    const error = new QmpConnectionError('gone');
+    hub[kEnd](error, true);
+    await expect(pending).rejects.toBe(error);
+    await expect(listener.wait('STOP')).resolves.toMatchObject({ event: 'STOP' });
+    await expect(listener.wait('STOP')).rejects.toBe(error);
+    // A listener opened afterwards can still read the history.
+    const late = hub.listen('STOP', { history: true });
+    expect(late.closed).toBe(true);
+    expect(late.drain().map((e) => e.event)).toEqual(['STOP']);
+    await expect(hub.wait('STOP')).rejects.toBe(error);
+    await expect(hub.wait('STOP', { history: true })).resolves.toMatchObject({ event: 'STOP' });
+  });
+});
+
+describe('QmpEventHub streams', () => {
   test('stream delivers events that arrive after it starts, filtered by name', async () => {
     const hub = new QmpEventHub<Events>();
     hub[kDispatch](raw('STOP'));
@@ -170,9 +322,9 @@ describe('QmpEventHub', () => {
     expect((await lostStream.next()).value?.event).toBe('BLOCK_JOB_COMPLETED');
     await expect(lostStream.next()).rejects.toBe(error);
     await expect(lostStream.next()).resolves.toMatchObject({ done: true });
-    // Later waits fail at once, but buffered events can still be taken.
+    // Later waits fail at once; the history can still be read.
     await expect(hub.wait('STOP')).rejects.toBe(error);
-    await expect(hub.wait('BLOCK_JOB_COMPLETED')).resolves.toMatchObject({ data: { device: 'drive0' } });
+    await expect(hub.wait('BLOCK_JOB_COMPLETED', { history: true })).resolves.toMatchObject({ data: { device: 'drive0' } });
     await expect(hub.stream().next()).rejects.toBe(error);
   });
 

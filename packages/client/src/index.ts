@@ -13,12 +13,14 @@ export type {
   QmpConnectionState,
   QmpTranscriptEntry,
 } from './client.js';
-export { QmpEventHub, matchesPartial } from './events.js';
+export { QmpEventHub, QmpEventListener, matchesPartial } from './events.js';
 export type {
   DeepPartial,
   EventHubOptions,
   EventMatch,
   EventSpecs,
+  HubWaitOptions,
+  ListenOptions,
   LooseEvents,
   QmpEventMessage,
   StreamOptions,

@@ -24,11 +24,13 @@ test('an event before the greeting is delivered to the event hub and connect suc
 
   expect(client.state).toBe('ready');
   expect(client.version.qemu).toEqual({ major: 7, minor: 2, micro: 0 });
-  const stop = await client.events.wait('STOP', { timeout: 1000 });
+  const stop = await client.events.wait('STOP', { history: true, timeout: 1000 });
   expect(stop.timestamp.seconds).toBe(3);
-  expect(client.events.drain().map((e) => [e.event, e.data, e.timestamp.seconds])).toEqual([
+  using early = client.events.listen(undefined, { history: true });
+  expect(early.drain().map((e) => [e.event, e.data, e.timestamp.seconds])).toEqual([
     ['RESUME', {}, 1],
     ['BLOCK_IO_ERROR', { device: 'drive0', operation: 'write', action: 'report' }, 2],
+    ['STOP', {}, 3],
   ]);
   // Recorded in arrival order, before the greeting.
   expect(transcript.map((e) => (e.direction === 'out' ? `out ${e.message.execute ?? ''}` : `${e.direction} ${Object.keys(e.message as object)[0] ?? ''}`))).toEqual([
@@ -41,7 +43,7 @@ test('an event before the greeting is delivered to the event hub and connect suc
   ]);
 });
 
-test('an event in the same chunk as the greeting stays buffered for a later wait', async () => {
+test('an event in the same chunk as the greeting stays in the history for a later wait', async () => {
   const accepted = fx.server.accept();
   const pending = fx.connectClient();
   const connection = await accepted;
@@ -53,7 +55,7 @@ test('an event in the same chunk as the greeting stays buffered for a later wait
   await connection.sendEvent('STOP', undefined, 2);
   await expect(client.events.wait('STOP', { timeout: 1000 })).resolves.toMatchObject({ event: 'STOP' });
   expect(seen).toEqual(['STOP']);
-  await expect(client.events.wait('RESUME', { timeout: 1000 })).resolves.toMatchObject({ timestamp: { seconds: 1 } });
+  await expect(client.events.wait('RESUME', { history: true, timeout: 1000 })).resolves.toMatchObject({ timestamp: { seconds: 1 } });
 });
 
 test('events without a greeting still end in a connect timeout', async () => {

@@ -61,7 +61,7 @@ describe('framing', () => {
       '{"event":"B","data":{"x":1},"timestamp":{"seconds":1,"microseconds":3}}',
       `{"return":2,"id":${JSON.stringify(b['id'])}}`,
     ]);
-    expect(client.events.drain().map((e) => [e.event, e.data])).toEqual([['A', {}], ['B', { x: 1 }]]);
+    expect(client.events.buffered.map((e) => [e.event, e.data])).toEqual([['A', {}], ['B', { x: 1 }]]);
   });
 });
 

@@ -1,5 +1,5 @@
-import type { BlockInfo, StatusInfo } from '@qmpkit/schema';
-import { QmpClient } from '../src/index.js';
+import type { BlockInfo, QapiErrorClass, StatusInfo } from '@qmpkit/schema';
+import { QmpClient, QmpCommandError } from '../src/index.js';
 import { startQemu } from './support/qemu.js';
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
@@ -20,6 +20,21 @@ async function defaults(qmp: QmpClient): Promise<{ blocks: BlockInfo[]; status: 
   qmp.events.on('BLOCK_JOB_COMPLETED', (event) => {
     assertType<Equal<typeof event.data.device, string>>(true);
   });
+  // Only the commands QEMU's schema marks allow-oob can go out of band.
+  void qmp.executeOob('migrate-pause').catch(() => undefined);
+  void qmp.executeOob('yank', { instances: [] }).catch(() => undefined);
+  // @ts-expect-error -- query-status is not allow-oob
+  void qmp.executeOob('query-status').catch(() => undefined);
+  // A command error's class is QAPI's QapiErrorClass.
+  void qmp.execute('query-status').catch((error: unknown) => {
+    if (QmpCommandError.isInstance(error)) assertType<Equal<typeof error.errorClass, QapiErrorClass>>(true);
+  });
+  // A listener's events are typed by its names.
+  using jobs = qmp.events.listen(['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
+  const ended = await jobs.wait({ match: { data: { device: 'drive0' } }, timeout: 1 }).catch(() => undefined);
+  if (ended?.event === 'BLOCK_JOB_COMPLETED') assertType<Equal<typeof ended.data.error, string | undefined>>(true);
+  // @ts-expect-error -- STOP is not one of the listener's names
+  void jobs.wait('STOP').catch(() => undefined);
   return { blocks, status };
 }
 

@@ -38,6 +38,20 @@ async function typedCalls(qmp: QmpClient<Commands, Events>): Promise<void> {
   qmp.events.on('event', (ev: QmpEventMessage<Events>) => {
     if (ev.event === 'BLOCK_JOB_COMPLETED') assertType<Equal<typeof ev.data.device, string>>(true);
   });
+  // With a map of its own the client cannot know which commands allow out-of-band use: any.
+  await qmp.executeOob('query-jobs');
+  using all = qmp.events.listen();
+  const any = await all.wait({ timeout: 1 });
+  assertType<Equal<typeof any.event, 'BLOCK_JOB_COMPLETED' | 'STOP'>>(true);
+  using stops = qmp.events.listen('STOP', { history: true, capacity: 10 });
+  const drained = stops.drain();
+  assertType<Equal<(typeof drained)[number]['event'], 'STOP'>>(true);
+}
+
+async function restrictedOob(qmp: QmpClient<Commands, Events, 'block-job-cancel'>): Promise<void> {
+  await qmp.executeOob('block-job-cancel', { device: 'drive0' });
+  // @ts-expect-error -- the third type parameter names the out-of-band commands
+  await qmp.executeOob('query-jobs');
 }
 
 test('ExecuteParameters makes args optional exactly when nothing is required', async () => {
@@ -56,6 +70,7 @@ test('ExecuteParameters makes args optional exactly when nothing is required', a
     const blocks = await call;
     expect(blocks[0]?.device).toBe('drive0');
     expect(typeof typedCalls).toBe('function');
+    expect(typeof restrictedOob).toBe('function');
     await qmp.close({ timeout: 100 });
   } finally {
     await server.close();
