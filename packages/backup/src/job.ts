@@ -1,7 +1,7 @@
 import { BackupJobError, JobTrackingError } from './errors.js';
 import type { BlockdevBackup, DriveBackup, JobInfo, JobStatus } from './qapi.js';
-import { eventTimeMs, execute, record, waitEvent } from './qmp.js';
-import type { BackupQmp, CallOptions, QmpEventLike } from './qmp.js';
+import { eventTimeMs, execute, listenEvents, record } from './qmp.js';
+import type { BackupQmp, CallOptions, LooseListener, QmpEventLike } from './qmp.js';
 
 /** One BLOCK_JOB_ERROR: what the job was doing and what QEMU did about it. */
 export interface BlockJobErrorInfo {
@@ -98,7 +98,7 @@ export class BackupJob {
   readonly args: Readonly<DriveBackup | BlockdevBackup>;
   /** Resolves after the job's final JOB_STATUS_CHANGE ('null'); rejects only if tracking failed. */
   readonly result: Promise<JobResult>;
-  /** Every event of this job, in order, taken from the client's buffer. */
+  /** Every event of this job, in order, as its own listener received them. */
   readonly events: QmpEventLike[] = [];
   readonly errors: BlockJobErrorInfo[] = [];
 
@@ -110,6 +110,9 @@ export class BackupJob {
   #statusWaiters: StatusWaiter[] = [];
   #startedAt: number;
   #startFailed = false;
+  // The job's own queue of its events, opened before the command that starts the job, so
+  // no other reader of the connection's events (a user's wait, another job) can take them.
+  #listener: LooseListener;
 
   /** @internal Use startDriveBackup / startBlockdevBackup / Transaction. */
   constructor(
@@ -125,6 +128,7 @@ export class BackupJob {
     this.id = args['job-id'] ?? args.device;
     this.#options = options;
     this.#startedAt = performance.now();
+    this.#listener = listenEvents(qmp, JOB_EVENTS, (e) => isJobEvent(e, this.id));
     this.result = this.#track();
     // The caller may never await `result` (e.g. the start command failed): no unhandled rejection.
     this.result.catch(() => undefined);
@@ -153,7 +157,7 @@ export class BackupJob {
       for (;;) {
         let event: QmpEventLike;
         try {
-          event = await waitEvent(this.#qmp, JOB_EVENTS, (e) => isJobEvent(e, this.id), { signal: combined });
+          event = await this.#listener.wait({ signal: combined });
         } catch (error) {
           if (this.#startFailed) throw error;
           const why = combined.aborted
@@ -199,9 +203,20 @@ export class BackupJob {
       }
     } finally {
       this.#done = true;
+      this.#closeListener();
       this.#settleStatusWaiters(undefined);
     }
     return this.#summarise(completed, cancelled, concludedError);
+  }
+
+  /** Stops listening; events that arrived but were not processed (tracking stopped early) are kept. */
+  #closeListener(): void {
+    try {
+      this.events.push(...this.#listener.drain());
+    } catch {
+      // An overflowed queue cannot say what it lost; tracking has already failed then.
+    }
+    this.#listener.close();
   }
 
   #summarise(
@@ -360,45 +375,47 @@ export class BackupJob {
   }
 
   /**
-   * After tracking failed (timeout, abort): cancel the job if it still runs and take its
-   * remaining events out of the client's buffer, waiting at most `timeout` ms (default 5000)
-   * for its final JOB_STATUS_CHANGE. Never throws.
+   * After tracking failed (timeout, abort): cancel the job if it still runs and collect its
+   * remaining events, waiting at most `timeout` ms (default 5000) for its final
+   * JOB_STATUS_CHANGE. Never throws.
    */
   async abandon(options: { timeout?: number } = {}): Promise<void> {
     if (!this.#done) this.#tracking.abort(new Error('abandoned'));
     await this.result.catch(() => undefined);
     if (this.#status === 'null') return;
-    await this.cancel({ timeout: 2000 }).catch(() => undefined);
     const deadline = AbortSignal.timeout(options.timeout ?? 5000);
-    for (;;) {
-      try {
-        const ev = await waitEvent(this.#qmp, JOB_EVENTS, (e) => isJobEvent(e, this.id), { signal: deadline });
+    // Listening first, then asking QEMU: a job that ends in between is either seen ending
+    // here or already absent from query-jobs.
+    const listener = listenEvents(this.#qmp, JOB_EVENTS, (e) => isJobEvent(e, this.id));
+    try {
+      if ((await this.query({ signal: deadline })) === undefined) return;
+      await this.cancel({ timeout: 2000 }).catch(() => undefined);
+      for (;;) {
+        const ev = await listener.wait({ signal: deadline });
         this.events.push(ev);
-        if (ev.event === 'JOB_STATUS_CHANGE' && record(ev.data)['status'] === 'null') return;
-      } catch {
-        return;
+        if (ev.event === 'JOB_STATUS_CHANGE' && record(ev.data)['status'] === 'null') {
+          this.#status = 'null';
+          return;
+        }
       }
+    } catch {
+      return;
+    } finally {
+      listener.close();
     }
   }
 
-  /** @internal The command that was to create the job failed: stop tracking and take stray events. */
+  /** @internal The command that was to create the job failed: stop tracking, keep its events. */
   async _startFailed(): Promise<void> {
     this.#startFailed = true;
     this.#tracking.abort(new Error('the command starting the job failed'));
+    // QEMU sends a failed command's events before its reply, so the job's listener (open
+    // since before the command) has all of them by now; ending the tracking collects them.
     await this.result.catch(() => undefined);
-    // QEMU sends a failed command's events before its reply, so they are buffered by now.
-    for (;;) {
-      try {
-        const ev = await waitEvent(this.#qmp, JOB_EVENTS, (e) => isJobEvent(e, this.id), { timeout: 20 });
-        this.events.push(ev);
-      } catch {
-        return;
-      }
-    }
   }
 }
 
-/** Send `command`; the job's event waits are registered first. */
+/** Send `command`; the job listens to its events before it is sent. */
 async function start(
   qmp: BackupQmp,
   kind: 'drive-backup' | 'blockdev-backup',

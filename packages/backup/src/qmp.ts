@@ -19,22 +19,35 @@ export interface QmpEventLike {
   timestamp: QmpTimestamp;
 }
 
-export interface EventWaitOptions extends CallOptions {
-  match?: (event: never) => boolean;
+/**
+ * One consumer's own queue of events, as `qmp.events.listen()` of @qmpkit/client gives it:
+ * it sees every event it listens to whatever else reads the connection's events.
+ */
+export interface BackupEventListener {
+  wait(options?: never): Promise<unknown>;
+  drain(): unknown[];
+  close(): void;
 }
 
 export interface BackupQmp {
   execute(command: never, args?: never, options?: CallOptions): Promise<unknown>;
   readonly events: {
-    wait(names: never, options?: EventWaitOptions): Promise<unknown>;
+    listen(names: never, options?: never): BackupEventListener;
   };
 }
 
 type LooseExecute = (command: string, args?: object, options?: CallOptions) => Promise<unknown>;
-type LooseWait = (
-  names: string | readonly string[],
-  options?: { match?: (event: QmpEventLike) => boolean } & CallOptions,
-) => Promise<QmpEventLike>;
+type LooseListen = (
+  names: readonly string[],
+  options: { match: (event: QmpEventLike) => boolean; capacity?: number },
+) => LooseListener;
+
+/** A listener with the client's precise generic signatures replaced by loose ones. */
+export interface LooseListener {
+  wait(options: CallOptions): Promise<QmpEventLike>;
+  drain(): QmpEventLike[];
+  close(): void;
+}
 
 /**
  * Internally every command and event is checked at run time (the shapes below), so the
@@ -50,14 +63,17 @@ export function execute<T>(
   return fn.call(qmp, command, args, options) as Promise<T>;
 }
 
-export function waitEvent(
+/**
+ * Opens a listener of its own on `qmp`'s events: `names` that satisfy `match`, from now on.
+ * Open it before sending the command that causes the events; close it when done.
+ */
+export function listenEvents(
   qmp: BackupQmp,
   names: readonly string[],
   match: (event: QmpEventLike) => boolean,
-  options: CallOptions,
-): Promise<QmpEventLike> {
-  const fn = qmp.events.wait as unknown as LooseWait;
-  return fn.call(qmp.events, names, { ...options, match });
+): LooseListener {
+  const fn = qmp.events.listen as unknown as LooseListen;
+  return fn.call(qmp.events, names, { match });
 }
 
 export function eventTimeMs(ts: QmpTimestamp): number {

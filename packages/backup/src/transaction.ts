@@ -112,7 +112,7 @@ export class Transaction {
       ids.add(id);
       backups.push({ index, type: action.type, data: action.data });
     });
-    // Trackers exist (their event waits registered) before the command is sent.
+    // Every job listens to its events before the command that starts it is sent.
     const jobs = backups.map(
       (b) => new BackupJob(qmp, b.type, b.data, { ...options, ...this.#jobOptions.get(b.index) }),
     );

@@ -165,9 +165,9 @@ describe('BackupChain against QEMU', () => {
     expect(chain.manifest?.pending?.kind).toBe('incremental');
     // The pending run is the one whose job was lost (job ids carry the run).
     expect(jobId).toBe(`qmpkit-drive0-${chain.manifest?.pending?.run.slice(0, 8) ?? 'none'}`);
-    // The abandoned job was cancelled and its events taken: none is left for others to trip on.
+    // The abandoned job was cancelled, and nothing of it is left listening.
     expect(await vm.qmp.execute('query-jobs')).toEqual([]);
-    expect(vm.qmp.events.drain(['JOB_STATUS_CHANGE', 'BLOCK_JOB_CANCELLED', 'BLOCK_JOB_COMPLETED'])).toEqual([]);
+    expect(vm.qmp.events.consumerCount).toBe(0);
     const checks = await chain.check();
     expect(checks[0]).toMatchObject({ ok: false, reason: 'interrupted' });
     expect(await brokenReason(chain.incremental())).toBe('interrupted');

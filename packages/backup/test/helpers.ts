@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { qemuImg, qemuIo } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 import type { DriveOptions } from '@qmpkit/machine';
-import type { BackupQmp } from '../src/index.js';
+import { isJobEvent, type BackupJob, type BackupQmp } from '../src/index.js';
 
 export type Pattern = readonly [pattern: number, offset: string | number, length: string | number];
 
@@ -92,4 +92,26 @@ export async function addBlkdebugNode(vm: QemuMachine, nodeName: string, file: s
 /** The machine's client, as this package's functions take it. */
 export function qmpOf(vm: QemuMachine): BackupQmp {
   return vm.qmp;
+}
+
+/**
+ * Each job saw every event QEMU sent about it: its `events` are exactly the events of its id
+ * in the client's history from its first to its last (the very same objects, in order),
+ * from JOB_STATUS_CHANGE 'created' to 'null'; and no job is still listening (nothing is left
+ * subscribed on the client).
+ */
+export function expectJobsSawAllTheirEvents(vm: QemuMachine, jobs: readonly BackupJob[]): void {
+  const history = vm.qmp.events.buffered;
+  for (const job of jobs) {
+    const first = history.indexOf(job.events[0] as (typeof history)[number]);
+    const last = history.indexOf(job.events[job.events.length - 1] as (typeof history)[number]);
+    expect(first).toBeGreaterThanOrEqual(0);
+    const own = history.slice(first, last + 1).filter((e) => isJobEvent(e, job.id));
+    expect(job.events.length).toBe(own.length);
+    expect(job.events.every((e, i) => e === own[i])).toBe(true);
+    // From the first (its listener was open before the command) to the last.
+    expect(job.events[0]).toMatchObject({ event: 'JOB_STATUS_CHANGE', data: { status: 'created' } });
+    expect(job.events[job.events.length - 1]).toMatchObject({ event: 'JOB_STATUS_CHANGE', data: { status: 'null' } });
+  }
+  expect(vm.qmp.events.consumerCount).toBe(0);
 }
