@@ -79,13 +79,16 @@ describe('a running machine', () => {
     expect(status).toMatchObject({ running: true, status: 'running' });
   });
 
-  test('machine.qmp gives typed commands and event waits', async () => {
+  test('machine.qmp gives typed commands and event listeners', async () => {
+    // QEMU sends STOP before its reply to stop: listen first, then send the command.
+    using stops = vm.qmp.events.listen('STOP');
     await vm.qmp.execute('stop');
-    const stop = await vm.qmp.events.wait('STOP', { timeout: 5_000 });
+    const stop = await stops.wait({ timeout: 5_000 });
     expect(stop.event).toBe('STOP');
     expect(await vm.qmp.execute('query-status')).toMatchObject({ running: false, status: 'paused' });
+    const resumed = vm.qmp.events.wait('RESUME', { timeout: 5_000 });
     await vm.qmp.execute('cont');
-    await vm.qmp.events.wait('RESUME', { timeout: 5_000 });
+    await resumed;
   });
 
   test("hmp('info block') shows the drive and its node", async () => {
