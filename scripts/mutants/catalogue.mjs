@@ -139,11 +139,11 @@ export const mutants = [
   },
   // Client.
   {
-    id: 'waited-event-also-buffered',
+    id: 'listener-wait-leaves-event-queued',
     file: 'packages/client/src/events.ts',
-    bug: 'an event taken by a waiter also stays in the buffer',
-    find: '      if (taken) {\n        waiter.resolve(event);\n        return;\n      }',
-    replace: '      if (taken) {\n        waiter.resolve(event);\n        break;\n      }',
+    bug: "an event a listener's pending wait takes also stays in the listener's queue (it is taken twice)",
+    find: '        if (taken) {\n          wait.resolve(event);\n          return;\n        }',
+    replace: '        if (taken) {\n          wait.resolve(event);\n          break;\n        }',
   },
   {
     id: 'partial-match-ignores-values',
@@ -154,10 +154,10 @@ export const mutants = [
     replace: '      if (!(key in value)) return false;',
   },
   {
-    id: 'drain-returns-nothing',
+    id: 'listener-drain-returns-nothing',
     file: 'packages/client/src/events.ts',
-    bug: 'drain() empties the buffer but returns nothing',
-    find: '      const all = this.#history;\n      this.#history = [];',
-    replace: '      const all: typeof this.#history = [];\n      this.#history = [];',
+    bug: "a listener's drain() empties its queue but returns nothing",
+    find: '    for (const event of this.#queue) (test(event) ? taken : kept).push(event);',
+    replace: '    for (const event of this.#queue) (test(event) ? [] : kept).push(event);',
   },
 ];

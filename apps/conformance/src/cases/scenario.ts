@@ -189,6 +189,9 @@ export interface BackupExpectation {
   error?: string;
 }
 
+/** A listener on all of a machine's events (the client's QmpEventListener). */
+type CaseEvents = ReturnType<MachineQmpClient['events']['listen']>;
+
 /** An event as the client delivers it, for the accounting of job events. */
 interface SeenEvent {
   event: string;
@@ -209,11 +212,19 @@ export class Scenario {
   readonly drives: Drive[] = [];
   readonly bitmaps: TrackedBitmap[] = [];
   readonly #comparisons = new Map<string, Promise<Verdict>>();
-  /** Every job event QEMU sent, as a listener saw it (independent of who took it from the buffer). */
+  /** Every job event QEMU sent, as a callback saw it (independent of who took it from a queue). */
   readonly #seenJobEvents: SeenEvent[] = [];
   /** Job events someone accounted for: each tracked job's, and those the case waited for itself. */
   readonly #jobs: BackupJob[] = [];
   readonly #takenEvents: SeenEvent[] = [];
+  /**
+   * The case's own queue of QEMU's events, as iotests' VM object collects them for event_wait
+   * and get_qmp_events: opened at launch with the client's history, so it holds every event QEMU
+   * sent. The case's waits take from it and "no events left" drains it; the SDK's backup jobs
+   * follow their events through listeners of their own, and the events of the jobs the case
+   * tracks count as taken by them.
+   */
+  #events: CaseEvents | undefined;
 
   constructor(ctx: CaseContext) {
     this.ctx = ctx;
@@ -297,7 +308,8 @@ export class Scenario {
 
   async launch(): Promise<void> {
     await this.ctx.launch(this.vm);
-    // A listener sees every event whoever takes it from the buffer: the base of the accounting
+    this.#events = this.qmp.events.listen(undefined, { history: true });
+    // A callback sees every event whoever takes it from a queue: the base of the accounting
     // of job events at the end of the case. No job exists before this point.
     this.qmp.events.on('event', (event) => {
       if (JOB_EVENT_NAMES.has(event.event)) this.#seenJobEvents.push(event);
@@ -367,12 +379,15 @@ export class Scenario {
    * suite's own check: the job QEMU made is named after the device.
    */
   async backupWithoutJobId(args: Omit<DriveBackupArgs, 'job-id'>): Promise<boolean> {
+    // The case's queue has held every event since launch, so, as iotests' event_wait, these
+    // waits take events that came before them (in order) as well as later ones.
+    const events = this.#caseEvents();
     await this.qmp.execute('drive-backup', args, this.call);
-    const completed = await this.qmp.events.wait('BLOCK_JOB_COMPLETED', this.call);
+    const completed = await events.wait('BLOCK_JOB_COMPLETED', this.call);
     this.#takenEvents.push(completed);
     const id = completed.data.device;
     for (;;) {
-      const change = await this.qmp.events.wait('JOB_STATUS_CHANGE', { ...this.call, match: { data: { id } } });
+      const change = await events.wait('JOB_STATUS_CHANGE', { ...this.call, match: { data: { id } } });
       this.#takenEvents.push(change);
       if (change.data.status === 'null') break;
     }
@@ -529,14 +544,36 @@ export class Scenario {
     });
   }
 
+  /** The case's own event queue (see `#events`). */
+  #caseEvents(): CaseEvents {
+    if (this.#events === undefined) throw new Error('the case has not launched QEMU');
+    return this.#events;
+  }
+
   /**
-   * Nothing is left in the client's event buffer (every event was someone's to take); then the
+   * Takes everything in the case's event queue except the events of the jobs the case tracks
+   * (each job's tracking took those, through its own listener: the same event objects).
+   */
+  #untakenEvents(): SeenEvent[] {
+    const byJobs = new Map<SeenEvent, number>();
+    for (const e of this.#jobs.flatMap((j) => j.events)) byJobs.set(e, (byJobs.get(e) ?? 0) + 1);
+    return this.#caseEvents()
+      .drain()
+      .filter((e) => {
+        const n = byJobs.get(e) ?? 0;
+        if (n > 0) byJobs.set(e, n - 1);
+        return n === 0;
+      });
+  }
+
+  /**
+   * Nothing is left in the case's event queue (every event was someone's to take); then the
    * suite's control that the same look does find an event nobody took: `stop` and `cont` make
    * QEMU send STOP and RESUME (no job runs at this point, and the machine has no CPU to stop).
    */
   async expectNoPendingEvents(when: string): Promise<void> {
     await this.check('no-events-left', () => {
-      const left = this.qmp.events.drain();
+      const left = this.#untakenEvents();
       expectEqual(`events left over ${when}`, [], left.map((e) => e.event));
     });
     await this.check('event-buffer-control', async () => {
@@ -545,8 +582,8 @@ export class Scenario {
         ['cont', 'RESUME'],
       ] as const) {
         await this.qmp.execute(command, {}, this.call);
-        // QEMU sends the event before the command's reply, so it is buffered by now.
-        const found = this.qmp.events.drain();
+        // QEMU sends the event before the command's reply, so it is queued by now.
+        const found = this.#untakenEvents();
         expectEqual(`events left over after \`${command}\` ${when}`, [event], found.map((e) => e.event));
       }
     });
@@ -636,9 +673,9 @@ export class Scenario {
   }
 
   /**
-   * No job event is left over: every job event QEMU sent (as a listener saw it) was taken by the
-   * tracking of a job or by a wait of the case, each job's last event is its JOB_STATUS_CHANGE
-   * to 'null', and query-jobs lists nothing.
+   * No job event is left over: every job event QEMU sent (as a callback saw it) was taken by the
+   * tracking of a job or by a wait of the case, and none twice; each job's last event is its
+   * JOB_STATUS_CHANGE to 'null', and query-jobs lists nothing.
    */
   async expectJobEventsAccounted(): Promise<void> {
     await this.check('job-events-accounted', async () => {
@@ -658,6 +695,9 @@ export class Scenario {
         if (e.event === 'JOB_STATUS_CHANGE') lastStatus.set(String(data['id']), String(data['status']));
       }
       expectEqual('job events no job tracking or wait of the case took', [], leftOver);
+      // Each event is taken once: one taken twice (by a job, or a job and a wait) was not sent twice.
+      const twice = [...accounted].filter(([, n]) => n > 0).map(([key]) => key);
+      expectEqual('job events taken more often than QEMU sent them', [], twice);
       const unfinished = [...lastStatus].filter(([, status]) => status !== 'null').map(([id, status]) => `${id}: ${status}`);
       expectEqual('jobs whose last JOB_STATUS_CHANGE is not "null"', [], unfinished);
       const jobs = await this.qmp.execute('query-jobs', {}, this.call);
