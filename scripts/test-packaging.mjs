@@ -10,7 +10,9 @@
 //  3. load every package at run time (`import` in the ESM project, `require` in the CJS one);
 //  4. type-check a file that imports every package and uses its types, with the repository's
 //     own TypeScript. The CJS project checks a .ts (compiled as CommonJS, so it resolves the
-//     `require` condition and its .d.cts) and a .mts (the `import` condition).
+//     `require` condition and its .d.cts) and a .mts (the `import` condition);
+//  5. install @qmpkit/client alone into a third project: it must bring @qmpkit/schema and
+//     nothing else (no rxjs).
 //
 // Packages are discovered, not listed, and the generated files use only what each package
 // actually exports, so the test works for packages that are still nearly empty.
@@ -232,6 +234,65 @@ async function checkProject(style, dir, packages) {
   }
 }
 
+/** Names of every package installed under `dir`/node_modules, nested ones included. */
+async function installedPackages(dir) {
+  const names = new Set();
+  const visit = async (modules) => {
+    let entries;
+    try {
+      entries = await readdir(modules, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const entry of entries) {
+      if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
+      const scoped = entry.name.startsWith('@');
+      const packageDirs = scoped
+        ? (await readdir(join(modules, entry.name), { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => join(entry.name, d.name))
+        : [entry.name];
+      for (const name of packageDirs) {
+        names.add(name);
+        await visit(join(modules, name, 'node_modules'));
+      }
+    }
+  };
+  await visit(join(dir, 'node_modules'));
+  return [...names].sort();
+}
+
+/**
+ * Install weight: what `npm install @qmpkit/client` brings, alone in a project. The client
+ * needs nothing but @qmpkit/schema at run time; typed-emitter used to pull rxjs (12 MB of a
+ * 15 MB install) for a type.
+ */
+async function checkClientInstallWeight(base, tarballs) {
+  const client = tarballs.get('@qmpkit/client');
+  const schema = tarballs.get('@qmpkit/schema');
+  if (client === undefined || schema === undefined) return;
+  const dir = join(base, 'client-only-project');
+  await mkdir(dir);
+  const manifest = {
+    name: 'qmpkit-packaging-client-only',
+    version: '0.0.0',
+    private: true,
+    dependencies: { '@qmpkit/client': `file:${client}` },
+    overrides: { '@qmpkit/schema': `file:${schema}` },
+  };
+  await writeFile(join(dir, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  const install = run('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error'], dir);
+  record('@qmpkit/client', 'npm install of @qmpkit/client alone', install.ok, install.output);
+  if (!install.ok) return;
+  const installed = await installedPackages(dir);
+  record('@qmpkit/client', 'installing it does not pull rxjs', !installed.includes('rxjs'), `installed: ${installed.join(', ')}`);
+  const expected = ['@qmpkit/client', '@qmpkit/schema'];
+  record(
+    '@qmpkit/client',
+    `installing it brings only ${expected.join(' and ')}`,
+    JSON.stringify(installed) === JSON.stringify(expected),
+    `installed: ${installed.join(', ')}`,
+  );
+}
+
 const scratch = await mkdtemp(join(tmpdir(), 'qmpkit-packaging-'));
 let crashed;
 try {
@@ -263,6 +324,7 @@ try {
       const dir = await scratchProject(scratch, style, packed, tarballs, typesNode);
       await checkProject(style, dir, packed);
     }
+    await checkClientInstallWeight(scratch, tarballs);
   } else {
     record('all', 'scratch projects', false, 'skipped: not every package could be packed');
   }
