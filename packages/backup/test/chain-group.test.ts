@@ -33,8 +33,8 @@ describe('BackupChainGroup against QEMU', () => {
     expect(failure.qemuError).toBe('Input/output error');
     expect(await readFile(group.manifestPath, 'utf8')).toBe(before);
     expect((await readdir(dir)).sort()).toEqual(filesBefore);
-    expect((await getBitmap(qmp, 'drive0', 'qmpkit-backup')).count).toBe(458752);
-    expect((await getBitmap(qmp, 'drive1', 'qmpkit-backup')).count).toBe(1507328);
+    expect((await getBitmap(qmp, 'drive0', group.manifest?.drives[0]?.bitmap ?? '')).count).toBe(458752);
+    expect((await getBitmap(qmp, 'drive1', group.manifest?.drives[1]?.bitmap ?? '')).count).toBe(1507328);
 
     const retry = await group.incremental();
     expect(retry.backups.map((b) => [b.kind, b.bytes])).toEqual([
