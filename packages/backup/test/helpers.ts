@@ -1,5 +1,7 @@
 // Scratch directories, images and QEMU machines for the integration tests: everything
 // created here is removed by `cleanup()` (called from afterEach/afterAll), also on failure.
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +9,17 @@ import { qemuImg, qemuIo } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 import type { DriveOptions } from '@qmpkit/machine';
 import type { BackupQmp } from '../src/index.js';
+import type { JobInfo } from '../src/qapi.js';
+
+/** The CLI as shipped: the built dist/cli.js (turbo builds before it tests). */
+export const CLI = join(__dirname, '..', 'dist', 'cli.js');
+
+export interface CliRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
 
 export type Pattern = readonly [pattern: number, offset: string | number, length: string | number];
 
@@ -34,6 +47,7 @@ export const WRITES_B: readonly Pattern[] = [
 
 export class Scratch {
   readonly machines: QemuMachine[] = [];
+  readonly processes: ChildProcess[] = [];
   dir = '';
 
   async init(): Promise<this> {
@@ -61,7 +75,35 @@ export class Scratch {
     return vm;
   }
 
+  /**
+   * Start the CLI; `umask` runs it under that umask (through sh). The process is killed in
+   * `cleanup()` if it is still running.
+   */
+  cli(args: readonly string[], options: { umask?: number; timeout?: number } = {}): { child: ChildProcess; done: Promise<CliRun> } {
+    const argv =
+      options.umask === undefined
+        ? [process.execPath, CLI, ...args]
+        : ['/bin/sh', '-c', `umask ${options.umask.toString(8).padStart(3, '0')} && exec "$0" "$@"`, process.execPath, CLI, ...args];
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.processes.push(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeout ?? 90_000);
+    const done = new Promise<CliRun>((resolve) => {
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code, signal, stdout, stderr });
+      });
+    });
+    return { child, done };
+  }
+
   async cleanup(): Promise<void> {
+    for (const child of this.processes.splice(0)) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
     for (const vm of this.machines.splice(0)) {
       await vm.shutdown({ timeout: 10_000 }).catch(() => vm.kill());
     }
@@ -92,4 +134,34 @@ export async function addBlkdebugNode(vm: QemuMachine, nodeName: string, file: s
 /** The machine's client, as this package's functions take it. */
 export function qmpOf(vm: QemuMachine): BackupQmp {
   return vm.qmp;
+}
+
+/** Poll `query-jobs` until a job matches (every 20 ms, up to `timeout` ms). */
+export async function waitForJob(
+  vm: QemuMachine,
+  match: (job: JobInfo) => boolean,
+  timeout = 30_000,
+): Promise<JobInfo> {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const jobs = (await vm.qmp.execute('query-jobs')) as JobInfo[];
+    const found = jobs.find(match);
+    if (found) return found;
+    if (Date.now() > deadline) throw new Error(`no matching job within ${timeout} ms (jobs: ${JSON.stringify(jobs)})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A machine with a drive and a second QMP socket for the CLI. */
+export async function launchWithSocket(
+  scratch: Scratch,
+  drive: string,
+  options: { nodeName?: string } = {},
+): Promise<{ vm: QemuMachine; socket: string }> {
+  const socket = scratch.path(`qmp-${scratch.machines.length}.sock`);
+  const vm = await scratch.launch([{ file: drive, format: 'qcow2', id: 'drive0', nodeName: options.nodeName ?? 'node0' }], [
+    '-qmp',
+    `unix:${socket},server=on,wait=off`,
+  ]);
+  return { vm, socket };
 }
