@@ -79,7 +79,10 @@ export class Scratch {
    * Start the CLI; `umask` runs it under that umask (through sh). The process is killed in
    * `cleanup()` if it is still running.
    */
-  cli(args: readonly string[], options: { umask?: number; timeout?: number } = {}): { child: ChildProcess; done: Promise<CliRun> } {
+  cli(
+    args: readonly string[],
+    options: { umask?: number; timeout?: number } = {},
+  ): { child: ChildProcess; done: Promise<CliRun>; stderrSoFar: () => string } {
     const argv =
       options.umask === undefined
         ? [process.execPath, CLI, ...args]
@@ -97,7 +100,7 @@ export class Scratch {
         resolve({ code, signal, stdout, stderr });
       });
     });
-    return { child, done };
+    return { child, done, stderrSoFar: () => stderr };
   }
 
   async cleanup(): Promise<void> {
@@ -164,4 +167,13 @@ export async function launchWithSocket(
     `unix:${socket},server=on,wait=off`,
   ]);
   return { vm, socket };
+}
+
+/** Wait (polling every 20 ms, up to `timeout` ms) until `read()` matches. */
+export async function waitForText(read: () => string, pattern: RegExp, timeout = 30_000): Promise<void> {
+  const deadline = Date.now() + timeout;
+  while (!pattern.test(read())) {
+    if (Date.now() > deadline) throw new Error(`no ${String(pattern)} within ${timeout} ms in: ${read()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
