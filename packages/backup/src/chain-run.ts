@@ -104,11 +104,12 @@ export class ChainRun {
    * Record the run in the manifest before anything changes in QEMU: if this process loses
    * track of its jobs, or dies, the next run finds them by id instead of trusting a bitmap
    * QEMU may have reset. `base` is the manifest to write the mark into (the current one, or
-   * a new chain's while it has no backup yet).
+   * a new chain's while it has no backup yet); `chainId` the chain the run belongs to.
    */
-  async markPending(before: Manifest | undefined, base: Manifest, drives: PendingDrive[]): Promise<void> {
+  async markPending(before: Manifest | undefined, base: Manifest, chainId: string, drives: PendingDrive[]): Promise<void> {
     this.#before = before;
-    const pending: PendingRun = {
+    this.#pendingBase = base;
+    this.#pending = {
       run: this.id,
       kind: this.kind,
       started: new Date().toISOString(),
@@ -116,11 +117,27 @@ export class ChainRun {
       drives,
       pid: process.pid,
       host: hostname(),
-      chainId: base.chainId,
+      chainId,
     };
-    await writeManifest(this.#ctx.manifestPath, { ...base, pending }, { mode: this.#ctx.fileMode });
+    await this.#writePending();
+  }
+
+  /** Rewrite the pending record with what is known now (the bitmaps' granularity, the mark's bits). */
+  async updatePending(drives: PendingDrive[]): Promise<void> {
+    if (!this.#pending) return;
+    this.#pending = { ...this.#pending, targets: drives.map((d) => d.target), drives };
+    await this.#writePending();
+  }
+
+  async #writePending(): Promise<void> {
+    await writeManifest(this.#ctx.manifestPath, { ...(this.#pendingBase as Manifest), pending: this.#pending as PendingRun }, {
+      mode: this.#ctx.fileMode,
+    });
     this.#pendingWritten = true;
   }
+
+  #pendingBase: Manifest | undefined;
+  #pending: PendingRun | undefined;
 
   /**
    * Send the transaction that starts the jobs. QEMU refusing it means no job started; a

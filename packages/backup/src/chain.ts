@@ -579,12 +579,15 @@ export class BackupChainGroup {
       // the chain's bitmap, where they stay if this run is undone (the next one copies them).
       for (const p of plans) await this.#cover(p, call);
       await this.#makeDirectory();
-      await run.markPending(before, pendingBase, plans.map((p) => this.#pendingDrive(p, run)));
+      await run.markPending(before, pendingBase, chainId, plans.map((p) => this.#pendingDrive(p, run)));
       for (const p of plans) {
         await this.#createTarget(p, options);
         run.created(p.target);
       }
       for (const p of plans) await this.#prepareBitmaps(run, p, call);
+      // The granularity QEMU chose and the mark's bits are known now: what a later run needs
+      // to record this one if this process dies.
+      await run.updatePending(plans.map((p) => this.#pendingDrive(p, run)));
       const tx = new Transaction();
       if (plans.length > 1) tx.completionMode('grouped');
       for (const p of plans) tx.driveBackup(this.#backupArgs(p, run.id, options), this.#jobOptions(p.node, options));
@@ -640,7 +643,7 @@ export class BackupChainGroup {
       const results = await Promise.all(run.jobs.map((j) => j.result));
       throw this.#failure(results.find((r) => r.id === failed.job.id) ?? (results[0] as JobResult), results);
     }
-    return this.#commit(run, plans, concluded, before, started, chainId, call);
+    return this.#commit(run, plans, concluded, before, started, chainId);
   }
 
   /** Every job completed: hash the targets, record the run, then drop what it replaced. */
@@ -651,11 +654,9 @@ export class BackupChainGroup {
     before: Manifest | undefined,
     started: number,
     chainId: string,
-    call: CallOptions,
   ): Promise<ChainRunResult> {
     // QEMU has reset the bitmaps: from here the run can only be recorded. If that fails the
     // run stays pending (its jobs wait in 'concluded') and the next run records it.
-    void call;
     const digests = await Promise.all(plans.map((p) => digestFile(p.target)));
     const time = new Date().toISOString();
     const next: Manifest =
@@ -841,7 +842,7 @@ export class BackupChainGroup {
       granularity: p.granularity,
       persistent: p.persistent,
       bitmaps: p.added,
-      mark: p.mark,
+      mark: p.mark ? { bitmap: p.mark.bitmap, bits: [...p.mark.bits] } : null,
     };
     if (p.oldMark !== undefined) d.oldMark = p.oldMark;
     if (p.cover) d.coveredFrom = p.cover.from;

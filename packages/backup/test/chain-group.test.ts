@@ -1,4 +1,5 @@
 import { readFile, readdir } from 'node:fs/promises';
+import { listBitmaps } from '../src/index.js';
 import { BackupChainGroup, BackupJobError, getBitmap } from '../src/index.js';
 import { DRIVE0_PATTERN, DRIVE1_PATTERN, Scratch, WRITES_A, WRITES_B, addBlkdebugNode, hmpWrites, qmpOf } from './helpers.js';
 
@@ -47,5 +48,25 @@ describe('BackupChainGroup against QEMU', () => {
     expect(report.sources.map((s) => s.identical)).toEqual([true, true]);
     await expect(group.restore(scratch.path('x.qcow2'))).rejects.toThrow(/say which node/);
     await group.restore(scratch.path('drive1.restored.qcow2'), { node: 'drive1' });
+  });
+
+  it('a full of several drives that fails on one leaves no bitmap, target or manifest on any', async () => {
+    await scratch.init();
+    const drive0 = await scratch.image('drive0.qcow2', '64M', DRIVE0_PATTERN);
+    const drive1 = await scratch.image('drive1.qcow2', '64M', DRIVE1_PATTERN);
+    const vm = await scratch.launch([{ file: drive0, format: 'qcow2', id: 'drive0', nodeName: 'node0' }]);
+    const qmp = qmpOf(vm);
+    await addBlkdebugNode(vm, 'drive1', drive1);
+    // The flush arms blkdebug: drive1's next read (the full's first) fails.
+    await hmpWrites(vm, 'drive1', [[0x01, 0, 512]]);
+    const dir = scratch.path('backups');
+    const group = await BackupChainGroup.open({ qmp, dir, drives: [{ node: 'drive0' }, { node: 'drive1' }] });
+    const error = await group.full().catch((e: unknown) => e);
+    expect(BackupJobError.isInstance(error)).toBe(true);
+    expect((error as BackupJobError).results.map((r) => r.status).sort()).toEqual(['cancelled', 'failed']);
+    expect(await listBitmaps(qmp, 'drive0')).toEqual([]);
+    expect(await listBitmaps(qmp, 'drive1')).toEqual([]);
+    expect(await readdir(dir)).toEqual(['manifest.runs.jsonl']);
+    expect(group.manifest).toBeUndefined();
   });
 });

@@ -187,6 +187,19 @@ describe('BackupChain against QEMU', () => {
     expect((await chain.verify({ sources: { drive0 } })).ok).toBe(true);
   });
 
+  it('a timeout cancels the run like an abort: nothing recorded, the next incremental covers everything', async () => {
+    const chain = await BackupChain.open({ qmp, dir: scratch.path('backups'), node: 'drive0' });
+    await chain.full();
+    await hmpWrites(vm, 'drive0', [[0x5a, '4M', '4M']]);
+    const before = await readFile(chain.manifestPath, 'utf8');
+    const outcome = await chain.incremental({ speed: 256 * 1024, timeout: 1500 }).catch((e: unknown) => e);
+    expect(BackupAbortedError.isInstance(outcome)).toBe(true);
+    expect((outcome as BackupAbortedError).reason).toBe('timeout');
+    expect(await readFile(chain.manifestPath, 'utf8')).toBe(before);
+    expect(await vm.qmp.execute('query-jobs')).toEqual([]);
+    expect((await chain.incremental()).backups[0]?.bytes).toBe(4 * 1048576);
+  });
+
   it('covers writes past the old end of a drive that grew', async () => {
     const chain = await BackupChain.open({ qmp, dir: scratch.path('backups'), node: 'drive0' });
     await chain.full();

@@ -129,9 +129,7 @@ describe('interrupted CLI runs', () => {
     run.child.kill('SIGKILL');
     await run.done;
     // Let the orphan finish: it waits, concluded, with its result (auto-dismiss is off).
-    await vm.qmp.execute('job-set-speed' as never, { id: job.id, speed: 0 } as never).catch(() =>
-      vm.qmp.execute('block-job-set-speed', { device: job.id, speed: 0 }),
-    );
+    await vm.qmp.execute('block-job-set-speed', { device: job.id, speed: 0 });
     await waitForJob(vm, (j) => j.id === job.id && j.status === 'concluded');
     await hmpWrites(vm, 'drive0', [[0x5c, '30M', '64k']]);
     const next = await scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--json']).done;
@@ -144,6 +142,33 @@ describe('interrupted CLI runs', () => {
       ['incremental', false],
     ]);
     expect(await jobs(vm)).toEqual([]);
+    await vm.shutdown({ timeout: 10_000 });
+    expect((await scratch.cli(['verify', '--dir', dir, '--source', `drive0=${drive0}`]).done).code).toBe(0);
+  });
+
+  it('a full that completes after its CLI was killed is recorded by the next run, and replaces the chain before it', async () => {
+    const { vm, socket, drive0, dir } = await setup();
+    expect((await scratch.cli(['full', '--socket', socket, '--dir', dir, '--node', 'drive0']).done).code).toBe(0);
+    const old = await manifestOf(dir);
+    const run = scratch.cli(['full', '--socket', socket, '--dir', dir, '--speed', String(MiB)]);
+    const job = await waitForJob(vm, (j) => j.status === 'running');
+    run.child.kill('SIGKILL');
+    await run.done;
+    await vm.qmp.execute('block-job-set-speed', { device: job.id, speed: 0 });
+    await waitForJob(vm, (j) => j.id === job.id && j.status === 'concluded');
+    await hmpWrites(vm, 'drive0', [[0x5d, '9M', '64k']]);
+    const next = await scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--json']).done;
+    expect(next.code).toBe(0);
+    expect(JSON.parse(next.stdout)).toMatchObject({ backups: [{ kind: 'incremental', bytes: 65536 }] });
+    const m = await manifestOf(dir);
+    expect(m.chainId).not.toBe(old.chainId);
+    expect(m.drives[0]?.backups.map((b) => [b.kind, b.jobId === job.id])).toEqual([
+      ['full', true],
+      ['incremental', false],
+    ]);
+    // The replaced chain's bitmap and mark are gone; the new chain's are there.
+    const names = ((await vm.qmp.execute('query-block'))[0]?.inserted?.['dirty-bitmaps'] ?? []).map((b) => b.name).sort();
+    expect(names).toEqual([m.drives[0]?.bitmap, m.drives[0]?.mark?.bitmap].sort());
     await vm.shutdown({ timeout: 10_000 });
     expect((await scratch.cli(['verify', '--dir', dir, '--source', `drive0=${drive0}`]).done).code).toBe(0);
   });
