@@ -699,7 +699,8 @@ export class BackupChainGroup {
       if (p.oldMark) await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: p.node, name: p.oldMark }).catch(() => undefined);
     }
     if (run.kind === 'full') await this.#removeSuperseded(before, next);
-    const results = await run.dismissJobs();
+    // The jobs were dismissed after the manifest was written: their QEMU time is up to 'concluded'.
+    const results = (await run.dismissJobs()).map((r, i) => ({ ...r, qemuDurationMs: concluded[i]?.durationMs ?? r.qemuDurationMs }));
     return { kind: run.kind, run: run.id, chainId: next.chainId, backups, results, elapsedMs: performance.now() - started };
   }
 
