@@ -11,7 +11,6 @@ import {
   inspectChain,
   inspectChainFiles,
   lastGranule,
-  lastKnownSize,
   markExpected,
   smallestSize,
 } from './chain-check.js';
@@ -53,7 +52,7 @@ import type {
 } from './manifest.js';
 import { cancelPendingJobs, dismissJobs, inspectPendingRun } from './pending.js';
 import type { PendingRunState } from './pending.js';
-import type { BlockInfo, DriveBackup } from './qapi.js';
+import type { DriveBackup } from './qapi.js';
 import { execute } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import { Transaction } from './transaction.js';
@@ -198,6 +197,31 @@ function callOptions(options: CallOptions): CallOptions {
   if (options.timeout !== undefined) out.timeout = options.timeout;
   if (options.signal) out.signal = options.signal;
   return out;
+}
+
+/** A job of a run that completed, as the manifest records it. */
+interface RecordedJob {
+  drive: PendingDrive;
+  bytes: number;
+  durationMs: number;
+}
+
+/** A new chain's entry for a drive, from its part of the run. */
+function manifestDrive(d: PendingDrive): ManifestDrive {
+  const drive: ManifestDrive = {
+    node: d.node,
+    // A full's first added bitmap is the new chain's own.
+    bitmap: d.bitmaps[0] ?? '',
+    granularity: d.granularity,
+    persistent: d.persistent,
+    driveSize: d.driveSize,
+    targetFormat: 'qcow2',
+    backups: [],
+    mark: d.mark,
+    resizes: [],
+  };
+  if (d.image !== undefined) drive.image = d.image;
+  return drive;
 }
 
 function chainBitmapName(prefix: string, chainId: string): string {
@@ -371,51 +395,69 @@ export class BackupChainGroup {
     return 'undone';
   }
 
-  /** Record a pending run whose jobs all completed while nobody watched. */
+  /** Record a pending run whose jobs all completed while nobody watched (QEMU's time for them is unknown). */
   async #adopt(manifest: Manifest, state: PendingRunState, call: CallOptions): Promise<void> {
     const run = state.run;
-    const drives = run.drives ?? [];
+    const done: RecordedJob[] = (run.drives ?? []).map((drive) => ({
+      drive,
+      bytes: state.jobs.find((j) => j.id === drive.jobId)?.outcome?.len ?? 0,
+      durationMs: 0,
+    }));
+    await this.#record({ id: run.run, kind: run.kind, chainId: run.chainId ?? manifest.chainId }, manifest, done, call);
+    await dismissJobs(this.#qmp, state.jobs.map((j) => j.id));
+  }
+
+  /**
+   * Record a run whose jobs all completed: hash every target, add the backups to the manifest
+   * (a new one for a full), write it, log the run, then drop the marks and (for a full) the
+   * chain it replaced. Shared by a run that saw its jobs end and one adopted later.
+   */
+  async #record(
+    run: { id: string; kind: BackupKind; chainId: string },
+    before: Manifest | undefined,
+    done: RecordedJob[],
+    call: CallOptions = {},
+  ): Promise<{ next: Manifest; backups: ManifestBackup[] }> {
+    const digests = await Promise.all(done.map(({ drive }) => digestFile(resolveBackupFile(this.manifestPath, drive.target), call)));
     const time = new Date().toISOString();
-    const digests = await Promise.all(drives.map((d) => digestFile(resolveBackupFile(this.manifestPath, d.target), call)));
     const next: Manifest =
       run.kind === 'full'
-        ? this.#newManifest(run.chainId ?? newChainId(), time, drives.map((d) => this.#driveFromPending(d)))
-        : structuredClone(manifest);
+        ? this.#newManifest(run.chainId, time, done.map(({ drive }) => manifestDrive(drive)))
+        : structuredClone(before as Manifest);
     delete next.pending;
-    drives.forEach((d, i) => {
-      const drive = next.drives.find((m) => m.node === d.node);
-      if (!drive) return;
-      const job = state.jobs.find((j) => j.id === d.jobId);
+    const backups = done.map(({ drive: d, bytes, durationMs }, i) => {
+      const drive = next.drives.find((m) => m.node === d.node) as ManifestDrive;
       const digest = digests[i] as { digest: string; size: number };
       const backup: ManifestBackup = {
         kind: d.sync === 'full' && d.resets ? 'full' : run.kind,
-        file: basename(d.target),
+        file: d.target,
         parent: d.parent,
         time,
-        bytes: job?.outcome?.len ?? 0,
+        bytes,
         driveSize: d.driveSize,
         result: 'completed',
         jobId: d.jobId,
-        // Nobody saw its events: QEMU's duration is unknown.
-        durationMs: 0,
-        run: run.run,
+        durationMs,
+        run: run.id,
         fileSize: digest.size,
         digest: digest.digest,
       };
       if (d.coveredFrom !== undefined) backup.coveredFrom = d.coveredFrom;
       drive.backups.push(backup);
       drive.driveSize = d.driveSize;
+      drive.granularity = d.granularity;
       drive.mark = d.mark;
       drive.resizes = [];
+      return backup;
     });
     next.updated = time;
     await this.#write(next);
-    await this.#log({ run: run.run, kind: run.kind, time, outcome: 'completed', files: drives.map((d) => basename(d.target)) });
-    for (const d of drives) {
-      if (d.oldMark) await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: d.node, name: d.oldMark }).catch(() => undefined);
+    await this.#log({ run: run.id, kind: run.kind, time, outcome: 'completed', files: backups.map((b) => b.file) });
+    for (const { drive } of done) {
+      if (drive.oldMark) await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: drive.node, name: drive.oldMark }).catch(() => undefined);
     }
-    if (run.kind === 'full') await this.#removeSuperseded(manifest, next);
-    await dismissJobs(this.#qmp, state.jobs.map((j) => j.id));
+    if (run.kind === 'full') await this.#removeSuperseded(before, next);
+    return { next, backups };
   }
 
   /** Undo a pending run whose jobs failed, were cancelled, or (for a full) are gone: as `ChainRun.rollback()` would have. */
@@ -484,7 +526,7 @@ export class BackupChainGroup {
     const fresh = this.#newManifest(
       chainId,
       new Date().toISOString(),
-      plans.map((p) => this.#driveFromPlan(p)),
+      plans.map((p) => manifestDrive(this.#pendingDrive(p, run))),
     );
     return this.#execute(run, plans, previous, previous ?? fresh, options, started, chainId);
   }
@@ -657,48 +699,13 @@ export class BackupChainGroup {
   ): Promise<ChainRunResult> {
     // QEMU has reset the bitmaps: from here the run can only be recorded. If that fails the
     // run stays pending (its jobs wait in 'concluded') and the next run records it.
-    const digests = await Promise.all(plans.map((p) => digestFile(p.target)));
-    const time = new Date().toISOString();
-    const next: Manifest =
-      run.kind === 'full'
-        ? this.#newManifest(chainId, time, plans.map((p) => this.#driveFromPlan(p)))
-        : structuredClone(before as Manifest);
-    delete next.pending;
-    const backups: ManifestBackup[] = [];
-    plans.forEach((p, i) => {
-      const drive = next.drives.find((m) => m.node === p.node) as ManifestDrive;
-      const c = concluded[i] as ConcludedJob;
-      const digest = digests[i] as { digest: string; size: number };
-      const backup: ManifestBackup = {
-        kind: p.sync === 'full' && p.resets ? 'full' : run.kind,
-        file: basename(p.target),
-        parent: p.parent,
-        time,
-        bytes: c.len,
-        driveSize: p.size,
-        result: 'completed',
-        jobId: c.job.id,
-        durationMs: c.durationMs,
-        run: run.id,
-        fileSize: digest.size,
-        digest: digest.digest,
-      };
-      if (p.cover) backup.coveredFrom = p.cover.from;
-      drive.backups.push(backup);
-      drive.driveSize = p.size;
-      drive.granularity = p.granularity;
-      drive.mark = p.mark;
-      drive.resizes = [];
-      backups.push(backup);
-    });
-    next.updated = time;
-    await this.#write(next);
+    const done: RecordedJob[] = plans.map((p, i) => ({
+      drive: this.#pendingDrive(p, run),
+      bytes: concluded[i]?.len ?? 0,
+      durationMs: concluded[i]?.durationMs ?? 0,
+    }));
+    const { next, backups } = await this.#record({ id: run.id, kind: run.kind, chainId }, before, done);
     run.committed();
-    await run.log({ outcome: 'completed', files: backups.map((b) => b.file) }).catch(() => undefined);
-    for (const p of plans) {
-      if (p.oldMark) await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: p.node, name: p.oldMark }).catch(() => undefined);
-    }
-    if (run.kind === 'full') await this.#removeSuperseded(before, next);
     // The jobs were dismissed after the manifest was written: their QEMU time is up to 'concluded'.
     const results = (await run.dismissJobs()).map((r, i) => ({ ...r, qemuDurationMs: concluded[i]?.durationMs ?? r.qemuDurationMs }));
     return { kind: run.kind, run: run.id, chainId: next.chainId, backups, results, elapsedMs: performance.now() - started };
@@ -796,39 +803,6 @@ export class BackupChainGroup {
 
   #newManifest(chainId: string, time: string, drives: ManifestDrive[]): Manifest {
     return { format: 'qmpkit-backup-chain', version: MANIFEST_VERSION, chainId, created: time, updated: time, drives };
-  }
-
-  #driveFromPlan(p: DrivePlan): ManifestDrive {
-    const drive: ManifestDrive = {
-      node: p.node,
-      bitmap: p.bitmap,
-      granularity: p.granularity,
-      persistent: p.persistent,
-      driveSize: p.size,
-      targetFormat: 'qcow2',
-      backups: [],
-      mark: p.mark,
-      resizes: [],
-    };
-    if (p.image !== undefined) drive.image = p.image;
-    return drive;
-  }
-
-  #driveFromPending(d: PendingDrive): ManifestDrive {
-    const drive: ManifestDrive = {
-      node: d.node,
-      // A full's first added bitmap is the new chain's own.
-      bitmap: d.bitmaps[0] ?? '',
-      granularity: d.granularity,
-      persistent: d.persistent,
-      driveSize: d.driveSize,
-      targetFormat: 'qcow2',
-      backups: [],
-      mark: d.mark,
-      resizes: [],
-    };
-    if (d.image !== undefined) drive.image = d.image;
-    return drive;
   }
 
   #pendingDrive(p: DrivePlan, run: ChainRun): PendingDrive {

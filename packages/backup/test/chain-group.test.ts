@@ -1,5 +1,7 @@
 import { readFile, readdir } from 'node:fs/promises';
+import type { QemuMachine } from '@qmpkit/machine';
 import { listBitmaps } from '../src/index.js';
+import type { BackupQmp } from '../src/index.js';
 import { BackupChainGroup, BackupJobError, getBitmap } from '../src/index.js';
 import { DRIVE0_PATTERN, DRIVE1_PATTERN, Scratch, WRITES_A, WRITES_B, addBlkdebugNode, hmpWrites, qmpOf } from './helpers.js';
 
@@ -7,13 +9,18 @@ describe('BackupChainGroup against QEMU', () => {
   const scratch = new Scratch();
   afterEach(() => scratch.cleanup());
 
-  it('keeps two drives in step: one failing drive fails the run for both, the retry verifies', async () => {
+  /** drive0 attached with -drive, drive1 a blockdev-add'ed node over blkdebug (fails a read after a flush). */
+  async function twoDrives(): Promise<{ drive0: string; drive1: string; vm: QemuMachine; qmp: BackupQmp }> {
     await scratch.init();
     const drive0 = await scratch.image('drive0.qcow2', '64M', DRIVE0_PATTERN);
     const drive1 = await scratch.image('drive1.qcow2', '64M', DRIVE1_PATTERN);
     const vm = await scratch.launch([{ file: drive0, format: 'qcow2', id: 'drive0', nodeName: 'node0' }]);
-    const qmp = qmpOf(vm);
     await addBlkdebugNode(vm, 'drive1', drive1);
+    return { drive0, drive1, vm, qmp: qmpOf(vm) };
+  }
+
+  it('keeps two drives in step: one failing drive fails the run for both, the retry verifies', async () => {
+    const { drive0, drive1, vm, qmp } = await twoDrives();
     const dir = scratch.path('backups');
     const group = await BackupChainGroup.open({ qmp, dir, drives: [{ node: 'drive0' }, { node: 'drive1' }] });
 
@@ -51,12 +58,7 @@ describe('BackupChainGroup against QEMU', () => {
   });
 
   it('a full of several drives that fails on one leaves no bitmap, target or manifest on any', async () => {
-    await scratch.init();
-    const drive0 = await scratch.image('drive0.qcow2', '64M', DRIVE0_PATTERN);
-    const drive1 = await scratch.image('drive1.qcow2', '64M', DRIVE1_PATTERN);
-    const vm = await scratch.launch([{ file: drive0, format: 'qcow2', id: 'drive0', nodeName: 'node0' }]);
-    const qmp = qmpOf(vm);
-    await addBlkdebugNode(vm, 'drive1', drive1);
+    const { vm, qmp } = await twoDrives();
     // The flush arms blkdebug: drive1's next read (the full's first) fails.
     await hmpWrites(vm, 'drive1', [[0x01, 0, 512]]);
     const dir = scratch.path('backups');

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { QemuMachine } from '@qmpkit/machine';
 import { getBitmap, readRunLog } from '../src/index.js';
 import type { Manifest } from '../src/index.js';
+import type { JobInfo } from '../src/qapi.js';
 import { DRIVE0_PATTERN, Scratch, hmpWrites, launchWithSocket, waitForJob, waitForText } from './helpers.js';
 
 const MiB = 1048576;
@@ -23,6 +24,20 @@ async function jobs(vm: QemuMachine): Promise<unknown[]> {
 describe('interrupted CLI runs', () => {
   const scratch = new Scratch();
   afterEach(() => scratch.cleanup());
+
+  /**
+   * Run the CLI throttled, SIGKILL it once its job runs, then let the orphaned job finish: it
+   * waits in 'concluded' with its result (chain jobs run with auto-dismiss off).
+   */
+  async function orphanThatCompletes(vm: QemuMachine, args: string[]): Promise<JobInfo> {
+    const run = scratch.cli([...args, '--speed', String(MiB)]);
+    const job = await waitForJob(vm, (j) => j.status === 'running');
+    run.child.kill('SIGKILL');
+    await run.done;
+    await vm.qmp.execute('block-job-set-speed', { device: job.id, speed: 0 });
+    await waitForJob(vm, (j) => j.id === job.id && j.status === 'concluded');
+    return job;
+  }
 
   async function setup(): Promise<{ vm: QemuMachine; socket: string; drive0: string; dir: string }> {
     await scratch.init();
@@ -124,13 +139,7 @@ describe('interrupted CLI runs', () => {
     const { vm, socket, drive0, dir } = await setup();
     expect((await scratch.cli(['full', '--socket', socket, '--dir', dir, '--node', 'drive0']).done).code).toBe(0);
     await hmpWrites(vm, 'drive0', [[0x5a, '4M', '2M']]);
-    const run = scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--speed', String(MiB)]);
-    const job = await waitForJob(vm, (j) => j.status === 'running');
-    run.child.kill('SIGKILL');
-    await run.done;
-    // Let the orphan finish: it waits, concluded, with its result (auto-dismiss is off).
-    await vm.qmp.execute('block-job-set-speed', { device: job.id, speed: 0 });
-    await waitForJob(vm, (j) => j.id === job.id && j.status === 'concluded');
+    const job = await orphanThatCompletes(vm, ['incremental', '--socket', socket, '--dir', dir]);
     await hmpWrites(vm, 'drive0', [[0x5c, '30M', '64k']]);
     const next = await scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--json']).done;
     expect(next.code).toBe(0);
@@ -150,12 +159,7 @@ describe('interrupted CLI runs', () => {
     const { vm, socket, drive0, dir } = await setup();
     expect((await scratch.cli(['full', '--socket', socket, '--dir', dir, '--node', 'drive0']).done).code).toBe(0);
     const old = await manifestOf(dir);
-    const run = scratch.cli(['full', '--socket', socket, '--dir', dir, '--speed', String(MiB)]);
-    const job = await waitForJob(vm, (j) => j.status === 'running');
-    run.child.kill('SIGKILL');
-    await run.done;
-    await vm.qmp.execute('block-job-set-speed', { device: job.id, speed: 0 });
-    await waitForJob(vm, (j) => j.id === job.id && j.status === 'concluded');
+    const job = await orphanThatCompletes(vm, ['full', '--socket', socket, '--dir', dir]);
     await hmpWrites(vm, 'drive0', [[0x5d, '9M', '64k']]);
     const next = await scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--json']).done;
     expect(next.code).toBe(0);

@@ -3,6 +3,7 @@
 // writes in between. Each chain now owns a bitmap of its own.
 import { qemuImg } from '@qmpkit/image-tools';
 import { BackupChain, getBitmap, listBitmaps, startDriveBackup } from '../src/index.js';
+import type { QemuMachine } from '@qmpkit/machine';
 import type { BackupQmp } from '../src/index.js';
 import { DRIVE0_PATTERN, Scratch, hmpWrites, qmpOf } from './helpers.js';
 
@@ -14,13 +15,19 @@ describe('two chains on one drive', () => {
   const scratch = new Scratch();
   afterEach(() => scratch.cleanup());
 
-  it('interleaved fulls and incrementals of two chains both verify, restore point by restore point', async () => {
+  /** One drive, two chain directories on it. */
+  async function twoChains(): Promise<{ drive0: string; vm: QemuMachine; qmp: BackupQmp; a: BackupChain; b: BackupChain }> {
     await scratch.init();
     const drive0 = await scratch.image('drive0.qcow2', '64M', DRIVE0_PATTERN);
     const vm = await scratch.launch([{ file: drive0, format: 'qcow2', id: 'drive0', nodeName: 'node0' }]);
     const qmp = qmpOf(vm);
     const a = await BackupChain.open({ qmp, dir: scratch.path('a'), node: 'drive0' });
     const b = await BackupChain.open({ qmp, dir: scratch.path('b'), node: 'drive0' });
+    return { drive0, vm, qmp, a, b };
+  }
+
+  it('interleaved fulls and incrementals of two chains both verify, restore point by restore point', async () => {
+    const { drive0, vm, qmp, a, b } = await twoChains();
     const refs = new Map<string, string>();
     const snapshot = async (chain: BackupChain, name: string): Promise<void> => {
       const file = scratch.path(`${name}.ref.qcow2`);
@@ -76,12 +83,7 @@ describe('two chains on one drive', () => {
   });
 
   it('a new full in a directory replaces its chain and removes only that chain\'s bitmaps', async () => {
-    await scratch.init();
-    const drive0 = await scratch.image('drive0.qcow2', '64M', DRIVE0_PATTERN);
-    const vm = await scratch.launch([{ file: drive0, format: 'qcow2', id: 'drive0', nodeName: 'node0' }]);
-    const qmp = qmpOf(vm);
-    const a = await BackupChain.open({ qmp, dir: scratch.path('a'), node: 'drive0' });
-    const b = await BackupChain.open({ qmp, dir: scratch.path('b'), node: 'drive0' });
+    const { vm, qmp, a, b } = await twoChains();
     await a.full();
     await b.full();
     // A bitmap nobody's chain owns (say, another tool's) is never touched.
