@@ -5,7 +5,7 @@
 import { qemuImg } from '@qmpkit/image-tools';
 import { BackupChain, NewFullBackupRequiredError, addBitmap, getBitmap, startDriveBackup } from '../src/index.js';
 import type { BackupQmp, ChainBrokenReason } from '../src/index.js';
-import { Scratch, hmpWrites, qmpOf } from './helpers.js';
+import { Scratch, hmpWrites, launchWithSocket, qmpOf } from './helpers.js';
 import type { Pattern } from './helpers.js';
 
 const M = 1048576;
@@ -124,6 +124,27 @@ describe('a drive shrunk and grown back between two backups', () => {
     await vm.shutdown({ timeout: 10_000 });
     expect((await qemuImg.info(drive0))['virtual-size']).toBe(80 * M);
     expect((await chain.verify({ sources: { drive0 } })).ok).toBe(true);
+  });
+
+  it('qmpkit-backup resize records the resize; status and the next incremental show the copy past the smallest size', async () => {
+    await scratch.init();
+    const drive0 = await scratch.image('drive0.qcow2', '96M', DATA);
+    const { vm, socket } = await launchWithSocket(scratch, drive0);
+    const dir = scratch.path('backups');
+    expect((await scratch.cli(['full', '--socket', socket, '--dir', dir, '--node', 'drive0', '--granularity', '65536']).done).code).toBe(0);
+    const shrunk = await scratch.cli(['resize', '--socket', socket, '--dir', dir, '--size', String(80 * M)]).done;
+    expect(shrunk.code).toBe(0);
+    expect(shrunk.stdout).toMatch(new RegExp(`from ${96 * M} to ${80 * M} bytes; the next backup copies everything from ${80 * M}`));
+    expect((await scratch.cli(['resize', '--socket', socket, '--dir', dir, '--size', String(96 * M)]).done).code).toBe(0);
+    const status = await scratch.cli(['status', '--socket', socket, '--dir', dir]).done;
+    expect(status.code).toBe(0);
+    expect(status.stdout).toMatch(new RegExp(`resized ${80 * M} -> ${96 * M}`));
+    expect(status.stdout).toMatch(new RegExp(`the next backup also copies ${80 * M}\\.\\.${96 * M}`));
+    const inc = await scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--json']).done;
+    expect(JSON.parse(inc.stdout)).toMatchObject({ backups: [{ bytes: 16 * M, coveredFrom: 80 * M }] });
+    await vm.shutdown({ timeout: 10_000 });
+    expect((await scratch.cli(['verify', '--dir', dir, '--source', `drive0=${drive0}`]).done).code).toBe(0);
+    expect((await scratch.cli(['resize', '--socket', socket, '--dir', dir]).done).code).toBe(2);
   });
 });
 
