@@ -8,6 +8,7 @@ import { DriveBusyError, JobTrackingError } from './errors.js';
 import type { BackupJob, JobEndStatus, JobResult } from './job.js';
 import { appendRunLog, writeManifest } from './manifest.js';
 import type { BackupKind, Manifest, PendingDrive, PendingRun, RunLogEntry } from './manifest.js';
+import { activeRuns } from './pending.js';
 import { eventTimeMs, execute, record } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import type { Transaction } from './transaction.js';
@@ -107,6 +108,7 @@ export class ChainRun {
    * a new chain's while it has no backup yet); `chainId` the chain the run belongs to.
    */
   async markPending(before: Manifest | undefined, base: Manifest, chainId: string, drives: PendingDrive[]): Promise<void> {
+    activeRuns.add(this.id);
     this.#before = before;
     this.#pendingBase = base;
     this.#pending = {
@@ -253,6 +255,11 @@ export class ChainRun {
     if (end.error !== undefined) entry.error = end.error;
     if (end.files) entry.files = end.files;
     await appendRunLog(this.#ctx.manifestPath, entry, { mode: this.#ctx.fileMode });
+  }
+
+  /** The run is over in this process (recorded, undone, or abandoned to a later run). */
+  ended(): void {
+    activeRuns.delete(this.id);
   }
 
   /** Forget the undo steps: the run is recorded. */

@@ -23,6 +23,7 @@ import {
   BackupJobError,
   BitmapRangeError,
   DriveBusyError,
+  JobTrackingError,
   ManifestError,
   NewFullBackupRequiredError,
   PendingRunError,
@@ -614,6 +615,22 @@ export class BackupChainGroup {
     started: number,
     chainId: string,
   ): Promise<ChainRunResult> {
+    try {
+      return await this.#run(run, plans, before, pendingBase, options, started, chainId);
+    } finally {
+      run.ended();
+    }
+  }
+
+  async #run(
+    run: ChainRun,
+    plans: DrivePlan[],
+    before: Manifest | undefined,
+    pendingBase: Manifest,
+    options: ChainBackupOptions,
+    started: number,
+    chainId: string,
+  ): Promise<ChainRunResult> {
     const call = callOptions(options);
     let startError: unknown;
     try {
@@ -658,7 +675,10 @@ export class BackupChainGroup {
       // The outcome is unknown: the run stays pending; what may still run is cancelled.
       await run.abandon();
       await Promise.all(plans.map((p) => rm(p.target, { force: true })));
-      throw startError ?? error;
+      if (startError === undefined) throw error;
+      throw new JobTrackingError(run.jobs.map((j) => j.id).join(', '), `lost track of the job (${(startError as Error).message}); the run stays pending`, {
+        cause: startError,
+      });
     }
     if (startError !== undefined) {
       // A job that completed before its cancel took effect reset its bitmap for a backup that

@@ -34,8 +34,17 @@ export function pendingJobIds(run: PendingRun, nodes: readonly string[]): Array<
   return nodes.map((node) => ({ id: `qmpkit-${node.replace(/[^A-Za-z0-9_.-]/g, '_')}-${run.run.slice(0, 8)}`, node }));
 }
 
-export function processAlive(pid: number | undefined, host: string | undefined): boolean {
+/** Runs this process has in progress (their pending record names this process). */
+export const activeRuns = new Set<string>();
+
+/**
+ * Whether the process that started a run is still running it: on this host and alive, and,
+ * when it is this very process, only while the run is in progress here (a run this process
+ * lost track of is an orphan like any other).
+ */
+export function processAlive(pid: number | undefined, host: string | undefined, run?: string): boolean {
   if (pid === undefined || host !== hostname()) return false;
+  if (pid === process.pid) return run !== undefined && activeRuns.has(run);
   try {
     process.kill(pid, 0);
     return true;
@@ -76,7 +85,7 @@ export async function inspectPendingRun(
     : jobs.every((j) => j.status === 'concluded')
       ? 'concluded'
       : 'running';
-  return { run, jobs, ownerAlive: processAlive(run.pid, run.host), state };
+  return { run, jobs, ownerAlive: processAlive(run.pid, run.host, run.run), state };
 }
 
 /**

@@ -6,7 +6,8 @@
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { QemuMachine } from '@qmpkit/machine';
-import { getBitmap, readRunLog } from '../src/index.js';
+import { QmpClient } from '@qmpkit/client';
+import { BackupChain, JobTrackingError, PendingRunError, getBitmap, readRunLog } from '../src/index.js';
 import type { Manifest } from '../src/index.js';
 import type { JobInfo } from '../src/qapi.js';
 import { DRIVE0_PATTERN, Scratch, hmpWrites, launchWithSocket, waitForJob, waitForText } from './helpers.js';
@@ -201,5 +202,36 @@ describe('interrupted CLI runs', () => {
     const resumed = await scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--cancel-orphan-job', '--json']).done;
     expect(resumed.code).toBe(0);
     expect(JSON.parse(resumed.stdout)).toMatchObject({ backups: [{ kind: 'incremental', bytes: 4 * MiB }] });
+  });
+
+  it('in the library, a run whose connection was lost is an orphan for the same process too: reported, then cancelled on request', async () => {
+    const { vm, socket, drive0, dir } = await setup();
+    const first = await QmpClient.connect(socket);
+    const chain = await BackupChain.open({ qmp: first, dir, node: 'drive0' });
+    await chain.full();
+    await hmpWrites(vm, 'drive0', [[0x5a, '4M', '4M']]);
+    const lost = await chain
+      .incremental({
+        speed: 64 * 1024,
+        onJob: (job) => {
+          void job.waitForStatus('running').then(() => first.close());
+        },
+      })
+      .catch((e: unknown) => e);
+    expect(JobTrackingError.isInstance(lost)).toBe(true);
+    const job = await waitForJob(vm, (j) => j.status === 'running');
+    chain.qmp = await QmpClient.connect(socket);
+    try {
+      const pending = await chain.incremental().catch((e: unknown) => e);
+      expect(PendingRunError.isInstance(pending)).toBe(true);
+      expect((pending as PendingRunError).ownerAlive).toBe(false);
+      expect((pending as PendingRunError).jobs.map((j) => j.id)).toEqual([job.id]);
+      const next = await chain.incremental({ cancelOrphanJob: true });
+      expect(next.backups[0]?.bytes).toBe(4 * MiB);
+    } finally {
+      await (chain.qmp as QmpClient).close();
+    }
+    await vm.shutdown({ timeout: 10_000 });
+    expect((await chain.verify({ sources: { drive0 } })).ok).toBe(true);
   });
 });
