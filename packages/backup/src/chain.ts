@@ -11,6 +11,7 @@ import {
   inspectChain,
   inspectChainFiles,
   lastGranule,
+  lastKnownSize,
   markExpected,
   smallestSize,
 } from './chain-check.js';
@@ -755,8 +756,18 @@ export class BackupChainGroup {
     }
     const next = structuredClone(manifest);
     const d = next.drives.find((x) => x.node === node) as ManifestDrive;
+    const time = new Date().toISOString();
+    const resizes = [...(d.resizes ?? [])];
+    const known = lastKnownSize(d);
+    if (from !== known) {
+      // The drive changed size behind the chain's back. A bit of the mark that is still set
+      // vouches that the drive never got below it; without bits, nothing does.
+      const floor = d.mark && d.mark.bits.length > 0 ? Math.max(...d.mark.bits) : 0;
+      resizes.push({ time, from: known, to: Math.min(floor, from), untracked: true });
+    }
     if (size < from && d.mark && d.mark.bits.length > 0) await this.#rearmAfterShrink(before, d, size, call);
-    d.resizes = [...(d.resizes ?? []), { time: new Date().toISOString(), from, to: size }];
+    resizes.push({ time, from, to: size });
+    d.resizes = resizes;
     next.updated = new Date().toISOString();
     await this.#write(next);
     return { node, from, to: size, smallest: smallestSize(d), recorded: true };

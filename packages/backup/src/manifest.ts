@@ -42,6 +42,12 @@ export interface ManifestResize {
   time: string;
   from: number;
   to: number;
+  /**
+   * Not a resize the chain made: `chain.resize()` found the drive at a size the chain did not
+   * know, and records that change as going down to the lowest size the mark can vouch for
+   * (0 when it has no bits), so the next backup copies from there.
+   */
+  untracked?: boolean;
 }
 
 /**

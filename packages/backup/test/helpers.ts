@@ -6,8 +6,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { qemuImg, qemuIo } from '@qmpkit/image-tools';
-import { QemuMachine } from '@qmpkit/machine';
-import type { DriveOptions } from '@qmpkit/machine';
+import { QemuMachine, QemuStorageDaemon } from '@qmpkit/machine';
+import type { DriveOptions, QemuProcess, QemuStorageDaemonOptions } from '@qmpkit/machine';
 import type { BackupQmp } from '../src/index.js';
 import type { JobInfo } from '../src/qapi.js';
 
@@ -46,7 +46,7 @@ export const WRITES_B: readonly Pattern[] = [
 ];
 
 export class Scratch {
-  readonly machines: QemuMachine[] = [];
+  readonly machines: QemuProcess[] = [];
   readonly processes: ChildProcess[] = [];
   dir = '';
 
@@ -73,6 +73,14 @@ export class Scratch {
     this.machines.push(vm);
     await vm.launch({ timeout: 20_000 });
     return vm;
+  }
+
+  /** A qemu-storage-daemon (no HMP), stopped in `cleanup()`. */
+  async storageDaemon(options: QemuStorageDaemonOptions): Promise<QemuStorageDaemon> {
+    const qsd = new QemuStorageDaemon(options);
+    this.machines.push(qsd);
+    await qsd.launch({ timeout: 20_000 });
+    return qsd;
   }
 
   /**
