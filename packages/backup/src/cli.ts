@@ -86,6 +86,11 @@ interface CommandContext {
   bar: ProgressBar;
 }
 
+/** The interrupt signal and --timeout, for operations that take `{ signal, timeout }`. */
+function callOf(ctx: CommandContext): { signal: AbortSignal; timeout?: number } {
+  return ctx.options.timeout === undefined ? { signal: ctx.signal } : { signal: ctx.signal, timeout: ctx.options.timeout };
+}
+
 function number(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
@@ -266,8 +271,7 @@ async function withChain<T>(ctx: CommandContext, fn: (group: BackupChainGroup) =
 function runOptions(ctx: CommandContext): ChainBackupOptions {
   const { options } = ctx;
   return {
-    signal: ctx.signal,
-    ...(options.timeout !== undefined ? { timeout: options.timeout } : {}),
+    ...callOf(ctx),
     overwrite: options.overwrite,
     cancelOrphanJob: options.cancelOrphanJob,
     onProgress: ctx.bar.update,
@@ -359,7 +363,7 @@ const COMMANDS: Record<string, (ctx: CommandContext) => Promise<number>> = {
     const status = await inspectChain(manifestPath);
     let checks: DriveCheck[] | undefined;
     if (options.socket && (status.manifest || options.nodes.length > 0)) {
-      checks = await withChain(ctx, (g) => g.check({ signal: ctx.signal }));
+      checks = await withChain(ctx, (g) => g.check(callOf(ctx)));
     }
     const last = (await readRunLog(manifestPath)).at(-1);
     const lastRun = last ? `${last.kind} ${last.run} ${last.outcome} at ${last.time}${last.error ? `: ${last.error}` : ''}` : undefined;
@@ -377,7 +381,7 @@ const COMMANDS: Record<string, (ctx: CommandContext) => Promise<number>> = {
   async verify(ctx) {
     const { options } = ctx;
     const report = await verifyChain(join(options.dir, MANIFEST_FILE), {
-      signal: ctx.signal,
+      ...callOf(ctx),
       sources: options.sources,
       references: options.references,
       throwOnFailure: false,
@@ -398,7 +402,7 @@ const COMMANDS: Record<string, (ctx: CommandContext) => Promise<number>> = {
     const { options } = ctx;
     const upTo = options.upTo === undefined ? undefined : /^-?\d+$/.test(options.upTo) ? Number(options.upTo) : options.upTo;
     const output = await restoreChain(join(options.dir, MANIFEST_FILE), options.output as string, {
-      signal: ctx.signal,
+      ...callOf(ctx),
       format: options.format,
       overwrite: options.overwrite,
       fileMode: options.mode,
@@ -413,7 +417,7 @@ const COMMANDS: Record<string, (ctx: CommandContext) => Promise<number>> = {
     const { options } = ctx;
     const result = await withChain(ctx, (g) =>
       g.resize(options.size as number, {
-        signal: ctx.signal,
+        ...callOf(ctx),
         ...(options.nodes[0] !== undefined ? { node: options.nodes[0] } : {}),
       }),
     );
