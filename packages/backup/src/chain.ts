@@ -1,39 +1,83 @@
 import { randomUUID } from 'node:crypto';
-import { access, mkdir, rm } from 'node:fs/promises';
+import { access, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { UnsupportedQcow2LayoutError, createQcow2Image, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
-import { bitmapStatusOf, checkGranularity, removeBitmap, resolveNode } from './bitmaps.js';
-import type { BitmapStatus } from './bitmaps.js';
+import { setBitmapRanges } from './bitmap-ranges.js';
+import { checkGranularity, resolveNode } from './bitmaps.js';
+import type { ResolvedNode } from './bitmaps.js';
 import {
+  checkDrive,
+  inspectChain,
+  inspectChainFiles,
+  lastGranule,
+  lastKnownSize,
+  markExpected,
+  smallestSize,
+} from './chain-check.js';
+import type { ChainStatus, DriveCheck } from './chain-check.js';
+import { ChainRun } from './chain-run.js';
+import type { ConcludedJob } from './chain-run.js';
+import { digestFile } from './digest.js';
+import {
+  BackupAbortedError,
   BackupJobError,
+  BitmapRangeError,
+  DriveBusyError,
+  JobTrackingError,
   ManifestError,
   NewFullBackupRequiredError,
+  PendingRunError,
   TargetExistsError,
 } from './errors.js';
 import type { ChainBrokenReason } from './errors.js';
+import { DEFAULT_FILE_MODE, checkFileMode, makeDirectory, restrictFile } from './file-mode.js';
 import type { BackupJob, BackupJobOptions, JobProgress, JobResult } from './job.js';
-import type { DriveBackup } from './qapi.js';
 import {
   MANIFEST_FILE,
+  MANIFEST_VERSION,
   lastBase,
   newChainId,
   readManifest,
   resolveBackupFile,
+  appendRunLog,
   writeManifest,
 } from './manifest.js';
-import type { BackupKind, Manifest, ManifestBackup, ManifestDrive } from './manifest.js';
+import type {
+  BackupKind,
+  Manifest,
+  ManifestBackup,
+  ManifestDrive,
+  ManifestMark,
+  PendingDrive,
+  RunLogEntry,
+} from './manifest.js';
+import { cancelPendingJobs, dismissJobs, inspectPendingRun } from './pending.js';
+import type { PendingRunState } from './pending.js';
+import type { DriveBackup } from './qapi.js';
+import { execute } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import { Transaction } from './transaction.js';
 import { restoreChain, verifyChain } from './verify.js';
 import type { RestoreOptions, VerifyOptions, VerifyReport } from './verify.js';
 
+/** Prefix of a chain's bitmap name: the bitmap is `<prefix>-<first 8 hex digits of the chain id>`. */
+export const DEFAULT_BITMAP_PREFIX = 'qmpkit';
+/**
+ * The bitmap every chain of @qmpkit/backup 0.1 used. Chains no longer share it: a manifest
+ * naming it (version 1) is refused with reason 'legacy-bitmap'. Kept for code that looks it up.
+ * @deprecated chains name their bitmap after their id; see `ManifestDrive.bitmap`.
+ */
 export const DEFAULT_BITMAP = 'qmpkit-backup';
 
 export interface ChainDriveOptions {
   /** Device (drive id) or node-name to back up; the bitmap is created on it. */
   node: string;
-  /** Bitmap name. Default 'qmpkit-backup'. */
+  /**
+   * Prefix of the chain's bitmap name (default 'qmpkit'): a new chain's bitmap is
+   * `<prefix>-<first 8 hex digits of its id>`, so chains never share one. (In 0.1 this was
+   * the whole name.)
+   */
   bitmap?: string;
   /** Bitmap granularity in bytes (power of two, 512 B .. 2 GiB). Default: QEMU's choice. */
   granularity?: number;
@@ -50,6 +94,12 @@ export interface BackupChainGroupOptions {
   manifest?: string;
   /** qemu-img wrapper to use (e.g. another binary). */
   qemuImg?: QemuImg;
+  /**
+   * Mode of the backup images and the manifest, whatever the umask (default 0o600: owner
+   * only). Directories the chain creates get it plus search where it allows reading (0o700).
+   * Pass e.g. 0o640 to let a group read the backups.
+   */
+  fileMode?: number;
 }
 
 export interface ChainBackupOptions extends CallOptions {
@@ -61,12 +111,17 @@ export interface ChainBackupOptions extends CallOptions {
   progressInterval?: number;
   /** Called with each job as soon as it has started (e.g. to pause or watch it). */
   onJob?: (job: BackupJob, node: string) => void;
+  /**
+   * An earlier run left a job running in QEMU and its process is gone: cancel it (QEMU
+   * merges its bitmap back) and continue. Without this, `PendingRunError`.
+   */
+  cancelOrphanJob?: boolean;
 }
 
 export interface ChainIncrementalOptions extends ChainBackupOptions {
   /** When the chain cannot be continued, take a new full backup instead of throwing. */
   fullIfBroken?: boolean;
-  /** Accept a drive that grew since the last backup (default true); a shrunk drive is always refused. */
+  /** Accept a drive that grew since the last backup (default true); a shrink outside `resize()` is always refused. */
   allowGrowth?: boolean;
 }
 
@@ -81,28 +136,49 @@ export interface ChainRunResult {
   elapsedMs: number;
 }
 
-export interface DriveCheck {
+export interface ChainResizeOptions extends CallOptions {
+  /** Which drive (default: the chain's only one). */
+  node?: string;
+}
+
+export interface ChainResizeResult {
   node: string;
-  ok: boolean;
-  reason?: ChainBrokenReason;
-  detail?: string;
-  bitmap?: BitmapStatus;
-  driveSize?: number;
+  from: number;
+  to: number;
+  /** The smallest size the drive had since its last backup: the next backup copies everything past it. */
+  smallest: number;
+  /** False when the chain has no backup yet (nothing to record). */
+  recorded: boolean;
 }
 
-/** An empty qcow2 backup target: its virtual size and, for a layered backup, its parent. */
-interface TargetImage {
-  size: number;
-  backingFile?: string;
-  backingFormat?: string;
-}
+export type { DriveCheck } from './chain-check.js';
 
-interface PreparedDrive {
+/** The plan of one drive's part in a run. */
+interface DrivePlan {
   options: ChainDriveOptions;
-  drive: ManifestDrive;
+  node: string;
   target: string;
   parent: string | null;
-  currentSize: number;
+  size: number;
+  sync: 'full' | 'incremental' | 'bitmap';
+  /** The job resets the chain's bitmap on success (a full or an incremental): the base moves. */
+  resets: boolean;
+  bitmap: string;
+  granularity: number;
+  persistent: boolean;
+  /**
+   * The chain's mark after the run. 'fresh': a new mark (a new chain, or a full copy) with a
+   * bit at the drive's end; 'carry': a new mark merged from the last one (an incremental),
+   * with a bit at the new end if the drive grew; 'keep': the mark stays (a differential).
+   */
+  markAction: 'fresh' | 'carry' | 'keep';
+  mark: ManifestMark | null;
+  /** The mark this run replaces (removed once the run is recorded). */
+  oldMark: string | undefined;
+  /** Bitmaps this run adds (removed if it is undone). */
+  added: string[];
+  cover?: { from: number; to: number };
+  image?: string;
 }
 
 function sanitize(name: string): string {
@@ -118,10 +194,55 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** What a chain of one drive and a group of several share: everything but how they are opened. */
-abstract class BackupChainBase {
+function callOptions(options: CallOptions): CallOptions {
+  const out: CallOptions = {};
+  if (options.timeout !== undefined) out.timeout = options.timeout;
+  if (options.signal) out.signal = options.signal;
+  return out;
+}
+
+/** A job of a run that completed, as the manifest records it. */
+interface RecordedJob {
+  drive: PendingDrive;
+  bytes: number;
+  durationMs: number;
+}
+
+/** A new chain's entry for a drive, from its part of the run. */
+function manifestDrive(d: PendingDrive): ManifestDrive {
+  const drive: ManifestDrive = {
+    node: d.node,
+    // A full's first added bitmap is the new chain's own.
+    bitmap: d.bitmaps[0] ?? '',
+    granularity: d.granularity,
+    persistent: d.persistent,
+    driveSize: d.driveSize,
+    targetFormat: 'qcow2',
+    backups: [],
+    mark: d.mark,
+    resizes: [],
+  };
+  if (d.image !== undefined) drive.image = d.image;
+  return drive;
+}
+
+function chainBitmapName(prefix: string, chainId: string): string {
+  return `${prefix}-${chainId.slice(0, 8)}`;
+}
+
+function markName(bitmap: string, run: string): string {
+  return `${bitmap}-${run.slice(0, 8)}`;
+}
+
+/**
+ * Incremental backups of several drives that stay in step: every operation is one transaction
+ * over all drives (with completion-mode 'grouped': if one job fails, all are cancelled, and no
+ * bitmap or manifest changes), recorded in one manifest.
+ */
+export class BackupChainGroup {
   readonly dir: string;
   readonly manifestPath: string;
+  readonly fileMode: number;
   #qmp: BackupQmp;
   #drives: ChainDriveOptions[];
   #manifest: Manifest | undefined;
@@ -133,28 +254,30 @@ abstract class BackupChainBase {
     this.manifestPath = manifestPath;
     this.#manifest = manifest;
     this.#qemuImg = options.qemuImg ?? defaultQemuImg;
+    this.fileMode = checkFileMode(options.fileMode ?? DEFAULT_FILE_MODE);
     this.#drives = options.drives.map((d) => {
       if (d.granularity !== undefined) checkGranularity(d.granularity);
-      const fromManifest = manifest?.drives.find((m) => m.node === d.node);
-      const bitmap = d.bitmap ?? fromManifest?.bitmap ?? DEFAULT_BITMAP;
-      const result: ChainDriveOptions = { node: d.node, bitmap };
-      const granularity = d.granularity ?? fromManifest?.granularity;
-      if (granularity !== undefined) result.granularity = granularity;
-      const persistent = d.persistent ?? fromManifest?.persistent;
-      if (persistent !== undefined) result.persistent = persistent;
+      const result: ChainDriveOptions = { node: d.node };
+      if (d.bitmap !== undefined) result.bitmap = d.bitmap;
+      if (d.granularity !== undefined) result.granularity = d.granularity;
+      if (d.persistent !== undefined) result.persistent = d.persistent;
       return result;
     });
   }
 
-  protected static async load(
-    options: BackupChainGroupOptions,
-  ): Promise<{ path: string; manifest: Manifest | undefined }> {
+  /** Open the chain in `dir` (reading its manifest if there is one). */
+  static async open(options: BackupChainGroupOptions): Promise<BackupChainGroup> {
+    const { path, manifest } = await BackupChainGroup.load(options);
+    return new BackupChainGroup(options, path, manifest);
+  }
+
+  protected static async load(options: BackupChainGroupOptions): Promise<{ path: string; manifest: Manifest | undefined }> {
     if (options.drives.length === 0) throw new ManifestError(options.manifest ?? options.dir, 'a chain needs at least one drive');
     const nodes = new Set(options.drives.map((d) => d.node));
     if (nodes.size !== options.drives.length) throw new ManifestError(options.manifest ?? options.dir, 'a drive is listed twice');
     const path = options.manifest ?? join(options.dir, MANIFEST_FILE);
     const manifest = await readManifest(path);
-    if (manifest) {
+    if (manifest && manifest.drives.some((d) => d.backups.length > 0)) {
       const recorded = manifest.drives.map((d) => d.node).sort();
       const asked = [...nodes].sort();
       if (recorded.join('\0') !== asked.join('\0')) {
@@ -178,172 +301,236 @@ abstract class BackupChainBase {
     this.#qmp = qmp;
   }
 
-  /** Check whether an incremental can continue the chain, per drive. */
-  async check(options: CallOptions & { allowGrowth?: boolean } = {}): Promise<DriveCheck[]> {
-    const manifest = this.#manifest;
-    const checks: DriveCheck[] = [];
-    for (const d of this.#drives) {
-      const bitmapName = d.bitmap ?? DEFAULT_BITMAP;
-      const fail = (reason: ChainBrokenReason, detail: string, extra: Partial<DriveCheck> = {}): void => {
-        checks.push({ node: d.node, ok: false, reason, detail, ...extra });
-      };
-      const drive = manifest?.drives.find((m) => m.node === d.node);
-      const base = drive ? lastBase(drive) : undefined;
-      if (!manifest || !drive || !base) {
-        fail('no-full-backup', 'the chain has no full backup yet');
-        continue;
-      }
-      const [baseExists, resolved] = await Promise.all([
-        exists(resolveBackupFile(this.manifestPath, base.file)),
-        resolveNode(this.#qmp, d.node, options),
-      ]);
-      if (!baseExists) {
-        fail('last-backup-missing', `its last backup ${base.file} is missing`);
-        continue;
-      }
-      const driveSize = resolved.info.image?.['virtual-size'];
-      const info = (resolved.info['dirty-bitmaps'] ?? []).find((b) => b.name === bitmapName);
-      if (!info) {
-        fail('bitmap-missing', `bitmap "${bitmapName}" does not exist (QEMU was restarted or it was removed)`);
-        continue;
-      }
-      const bitmap: BitmapStatus = bitmapStatusOf(info);
-      const extra: Partial<DriveCheck> = { bitmap };
-      if (driveSize !== undefined) extra.driveSize = driveSize;
-      if (bitmap.inconsistent) {
-        fail('bitmap-inconsistent', `bitmap "${bitmapName}" is inconsistent (QEMU stopped without storing it)`, extra);
-      } else if (!bitmap.recording) {
-        fail('bitmap-disabled', `bitmap "${bitmapName}" is disabled, so writes may be missing from it`, extra);
-      } else if (bitmap.granularity !== drive.granularity) {
-        fail(
-          'granularity-mismatch',
-          `bitmap "${bitmapName}" has granularity ${bitmap.granularity}, the chain was taken with ${drive.granularity}`,
-          extra,
-        );
-      } else if (driveSize === undefined) {
-        fail('size-mismatch', 'the drive reports no size', extra);
-      } else if (driveSize < drive.driveSize || (driveSize > drive.driveSize && options.allowGrowth === false)) {
-        fail('size-mismatch', `the drive is ${driveSize} bytes, the chain expects ${drive.driveSize}`, extra);
-      } else if (manifest.pending) {
-        fail(
-          'interrupted',
-          `the ${manifest.pending.kind} backup run ${manifest.pending.run} (started ${manifest.pending.started}) never recorded its outcome, so the bitmap may have been reset without a backup`,
-          extra,
-        );
-      } else {
-        checks.push({ node: d.node, ok: true, ...extra });
-      }
-    }
-    return checks;
+  get nodes(): string[] {
+    return this.#drives.map((d) => d.node);
   }
 
-  /** Start a new chain: a full backup of every drive and a fresh bitmap, in one transaction. */
-  async full(options: ChainBackupOptions = {}): Promise<ChainRunResult> {
-    const started = performance.now();
-    await mkdir(this.dir, { recursive: true });
-    const chainId = newChainId();
-    const run = randomUUID();
-    const tx = new Transaction();
-    const prepared: PreparedDrive[] = [];
-    const created: string[] = [];
-    const bitmapsTouched: Array<{ node: string; name: string }> = [];
-    try {
-      for (const d of this.#drives) {
-        const name = d.bitmap ?? DEFAULT_BITMAP;
-        const resolved = await resolveNode(this.#qmp, d.node, options);
-        const size = resolved.info.image?.['virtual-size'];
-        if (size === undefined) throw new ManifestError(this.manifestPath, `drive ${d.node} reports no size`);
-        const target = join(this.dir, `${sanitize(d.node)}.${chainId.slice(0, 8)}.000.full.qcow2`);
-        await this.#claimTarget(target, options.overwrite === true);
-        prepared.push({
-          options: d,
-          target,
-          parent: null,
-          currentSize: size,
-          drive: {
-            node: d.node,
-            bitmap: name,
-            granularity: 0,
-            persistent: d.persistent ?? resolved.info.drv === 'qcow2',
-            driveSize: size,
-            targetFormat: 'qcow2',
-            backups: [],
-          },
-        });
-        const existing = (resolved.info['dirty-bitmaps'] ?? []).find((b) => b.name === name);
-        const persistent = d.persistent ?? resolved.info.drv === 'qcow2';
-        const reusable =
-          existing !== undefined &&
-          !(existing.inconsistent ?? false) &&
-          existing.persistent === persistent &&
-          (d.granularity === undefined || existing.granularity === d.granularity);
-        if (existing && reusable) {
-          tx.bitmapClear(d.node, name);
-          if (!existing.recording) tx.bitmapEnable(d.node, name);
-        } else {
-          // A bitmap that cannot be reset in place (inconsistent after a crash, other
-          // granularity or persistence) is dropped; the new chain starts from nothing anyway.
-          if (existing) await removeBitmap(this.#qmp, d.node, name, options);
-          const add: { node: string; name: string; persistent: boolean; granularity?: number } = {
-            node: d.node,
-            name,
-            persistent,
-          };
-          if (d.granularity !== undefined) add.granularity = d.granularity;
-          tx.bitmapAdd(add);
-        }
-        bitmapsTouched.push({ node: d.node, name });
-        await this.#createTarget(target, { size }, options);
-        created.push(target);
-        tx.driveBackup(
-          { ...this.#backupArgs(d.node, target, 'full', run, options), sync: 'full' },
-          this.#jobOptions(d.node, options),
+  /** The chain's files as the directory shows them (no QEMU needed). */
+  inspect(): Promise<ChainStatus> {
+    return inspectChain(this.manifestPath);
+  }
+
+  /**
+   * Check whether an incremental can continue the chain, per drive: an earlier run still in
+   * QEMU, every file present with its recorded size, the chain's own bitmap, the mark of its
+   * last backup, and the size history. Read-only.
+   */
+  async check(options: CallOptions & { allowGrowth?: boolean } = {}): Promise<DriveCheck[]> {
+    const call = callOptions(options);
+    const manifest = await this.#reload();
+    if (!manifest || manifest.drives.every((d) => d.backups.length === 0)) {
+      const pending = manifest?.pending ? await inspectPendingRun(this.#qmp, manifest.pending, this.nodes, call) : undefined;
+      return this.#drives.map((d) =>
+        pending && pending.state !== 'gone'
+          ? { node: d.node, ok: false, reason: 'run-pending', detail: `the full backup run ${pending.run.run} still has a job in QEMU` }
+          : { node: d.node, ok: false, reason: 'no-full-backup', detail: 'the chain has no full backup yet' },
+      );
+    }
+    const [files, pending, resolved] = await Promise.all([
+      inspectChainFiles(this.manifestPath, manifest),
+      manifest.pending ? inspectPendingRun(this.#qmp, manifest.pending, this.nodes, call) : Promise.resolve(undefined),
+      Promise.all(this.#drives.map((d) => resolveNode(this.#qmp, d.node, call))),
+    ]);
+    return this.#drives.map((d, i) => {
+      const drive = manifest.drives.find((m) => m.node === d.node);
+      if (!drive) return { node: d.node, ok: false, reason: 'no-full-backup', detail: 'the chain has no backup of this drive' };
+      return checkDrive({
+        manifest,
+        drive,
+        files,
+        pending,
+        resolved: resolved[i] as ResolvedNode,
+        allowGrowth: options.allowGrowth,
+      });
+    });
+  }
+
+  /** The chain's files and, with QEMU, whether every drive can continue. */
+  async status(options: CallOptions = {}): Promise<ChainStatus & { drives: DriveCheck[] }> {
+    const [inspected, drives] = await Promise.all([this.inspect(), this.check(options)]);
+    return { ...inspected, drives };
+  }
+
+  /**
+   * Resolve a run an earlier process left pending: record it if its jobs completed, undo it
+   * if they failed or were cancelled, cancel them first when `cancelOrphanJob` is set and
+   * their process is gone. Throws `PendingRunError` while a job still runs. Does nothing when
+   * no run is pending, and leaves a run whose jobs QEMU no longer knows pending ('interrupted').
+   */
+  async recover(options: CallOptions & { cancelOrphanJob?: boolean } = {}): Promise<'none' | 'recorded' | 'undone' | 'unknown'> {
+    const call = callOptions(options);
+    const manifest = await this.#reload();
+    const run = manifest?.pending;
+    if (!manifest || !run) return 'none';
+    let state = await inspectPendingRun(this.#qmp, run, this.nodes, call);
+    if (state.state === 'running') {
+      if (!options.cancelOrphanJob || state.ownerAlive) {
+        throw new PendingRunError(
+          run.run,
+          state.jobs.map(({ id, node, status }) => ({ id, node, status })),
+          { pid: run.pid, host: run.host, alive: state.ownerAlive },
         );
       }
-    } catch (error) {
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      throw error;
-    }
-    // An existing chain is about to lose its bitmaps' state: mark it until the outcome is known.
-    const previous = this.#manifest;
-    if (previous) await this.#markPending(previous, { run, kind: 'full', created });
-    const results = await this.#runTransaction(tx, options, created, previous);
-    // The job that failed explains the run better than the ones cancelled because of it.
-    const failed = results.find((r) => r.status === 'failed') ?? results.find((r) => r.status !== 'completed');
-    if (failed) {
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      if (previous) {
-        await writeManifest(this.manifestPath, previous);
-        this.#manifest = previous;
+      await cancelPendingJobs(this.#qmp, state.jobs, call);
+      state = await inspectPendingRun(this.#qmp, run, this.nodes, call);
+      if (state.state === 'running') {
+        throw new PendingRunError(
+          run.run,
+          state.jobs.map(({ id, node, status }) => ({ id, node, status })),
+          { pid: run.pid, host: run.host, alive: false },
+        );
       }
-      // The bitmaps were reset for a chain that does not exist: drop them so that no
-      // incremental of the previous chain can follow this reset.
-      for (const b of bitmapsTouched) await removeBitmap(this.#qmp, b.node, b.name).catch(() => undefined);
-      throw this.#failure(failed, results);
     }
-    // Granularity is what QEMU chose when none was asked for: read it back.
-    const after = await Promise.all(prepared.map((p) => resolveNode(this.#qmp, p.options.node, options)));
+    if (state.state === 'gone') {
+      // A full of a new chain never touched the chain in the manifest: its leftovers can go.
+      if (run.kind === 'full' && run.drives) {
+        await this.#undoPending(manifest, state, 'the run\'s jobs are gone from QEMU');
+        return 'undone';
+      }
+      return 'unknown';
+    }
+    if (state.jobs.every((j) => j.outcome?.status === 'completed')) {
+      await this.#adopt(manifest, state, call);
+      return 'recorded';
+    }
+    await this.#undoPending(manifest, state, state.jobs.find((j) => j.outcome?.error)?.outcome?.error ?? 'failed');
+    return 'undone';
+  }
+
+  /** Record a pending run whose jobs all completed while nobody watched (QEMU's time for them is unknown). */
+  async #adopt(manifest: Manifest, state: PendingRunState, call: CallOptions): Promise<void> {
+    const run = state.run;
+    const done: RecordedJob[] = (run.drives ?? []).map((drive) => ({
+      drive,
+      bytes: state.jobs.find((j) => j.id === drive.jobId)?.outcome?.len ?? 0,
+      durationMs: 0,
+    }));
+    await this.#record({ id: run.run, kind: run.kind, chainId: run.chainId ?? manifest.chainId }, manifest, done, call);
+    await dismissJobs(this.#qmp, state.jobs.map((j) => j.id));
+  }
+
+  /**
+   * Record a run whose jobs all completed: hash every target, add the backups to the manifest
+   * (a new one for a full), write it, log the run, then drop the marks and (for a full) the
+   * chain it replaced. Shared by a run that saw its jobs end and one adopted later.
+   */
+  async #record(
+    run: { id: string; kind: BackupKind; chainId: string },
+    before: Manifest | undefined,
+    done: RecordedJob[],
+    call: CallOptions = {},
+  ): Promise<{ next: Manifest; backups: ManifestBackup[] }> {
+    const digests = await Promise.all(done.map(({ drive }) => digestFile(resolveBackupFile(this.manifestPath, drive.target), call)));
     const time = new Date().toISOString();
-    const backups: ManifestBackup[] = [];
-    prepared.forEach((p, i) => {
-      const result = results[i] as JobResult;
-      const info = after[i]?.info['dirty-bitmaps']?.find((b) => b.name === p.drive.bitmap);
-      p.drive.granularity = info?.granularity ?? p.options.granularity ?? 0;
-      const backup = this.#record('full', p, result, time, run);
-      p.drive.backups.push(backup);
-      backups.push(backup);
+    const next: Manifest =
+      run.kind === 'full'
+        ? this.#newManifest(run.chainId, time, done.map(({ drive }) => manifestDrive(drive)))
+        : structuredClone(before as Manifest);
+    delete next.pending;
+    const backups = done.map(({ drive: d, bytes, durationMs }, i) => {
+      const drive = next.drives.find((m) => m.node === d.node) as ManifestDrive;
+      const digest = digests[i] as { digest: string; size: number };
+      const backup: ManifestBackup = {
+        kind: d.sync === 'full' && d.resets ? 'full' : run.kind,
+        file: d.target,
+        parent: d.parent,
+        time,
+        bytes,
+        driveSize: d.driveSize,
+        result: 'completed',
+        jobId: d.jobId,
+        durationMs,
+        run: run.id,
+        fileSize: digest.size,
+        digest: digest.digest,
+      };
+      if (d.coveredFrom !== undefined) backup.coveredFrom = d.coveredFrom;
+      drive.backups.push(backup);
+      drive.driveSize = d.driveSize;
+      drive.granularity = d.granularity;
+      drive.mark = d.mark;
+      drive.resizes = [];
+      return backup;
     });
-    const manifest: Manifest = {
-      format: 'qmpkit-backup-chain',
-      version: 1,
+    next.updated = time;
+    await this.#write(next);
+    await this.#log({ run: run.id, kind: run.kind, time, outcome: 'completed', files: backups.map((b) => b.file) });
+    for (const { drive } of done) {
+      if (drive.oldMark) await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: drive.node, name: drive.oldMark }).catch(() => undefined);
+    }
+    if (run.kind === 'full') await this.#removeSuperseded(before, next);
+    return { next, backups };
+  }
+
+  /** Undo a pending run whose jobs failed, were cancelled, or (for a full) are gone: as `ChainRun.rollback()` would have. */
+  async #undoPending(manifest: Manifest, state: PendingRunState, error: string): Promise<void> {
+    const run = state.run;
+    await dismissJobs(this.#qmp, state.jobs.filter((j) => j.status === 'concluded').map((j) => j.id));
+    for (const d of run.drives ?? []) {
+      for (const name of [...d.bitmaps].reverse()) {
+        await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: d.node, name }).catch(() => undefined);
+      }
+    }
+    await Promise.all(run.targets.map((t) => rm(resolveBackupFile(this.manifestPath, t), { force: true })));
+    const restored: Manifest = { ...manifest };
+    delete restored.pending;
+    if (restored.drives.every((d) => d.backups.length === 0)) {
+      await rm(this.manifestPath, { force: true });
+      this.#manifest = undefined;
+    } else {
+      await this.#write(restored);
+    }
+    await this.#log({ run: run.run, kind: run.kind, time: new Date().toISOString(), outcome: 'failed', error });
+  }
+
+  async #log(entry: RunLogEntry): Promise<void> {
+    await appendRunLog(this.manifestPath, entry, { mode: this.fileMode }).catch(() => undefined);
+  }
+
+  /** Start a new chain: a full backup of every drive and a new bitmap of the chain's own, in one transaction. */
+  async full(options: ChainBackupOptions = {}): Promise<ChainRunResult> {
+    const started = performance.now();
+    const call = callOptions(options);
+    await this.recover(options);
+    const previous = this.#manifest;
+    const resolved = await Promise.all(this.#drives.map((d) => resolveNode(this.#qmp, d.node, call)));
+    const taken = new Set(resolved.flatMap((r) => (r.info['dirty-bitmaps'] ?? []).map((b) => b.name ?? '')));
+    let chainId = newChainId();
+    // Two chains on one drive must never share a bitmap: a new id if the name is in use.
+    while (this.#drives.some((d) => taken.has(chainBitmapName(d.bitmap ?? DEFAULT_BITMAP_PREFIX, chainId)))) {
+      chainId = newChainId();
+    }
+    const run = new ChainRun(this.#context(), randomUUID(), 'full');
+    const plans: DrivePlan[] = this.#drives.map((d, i) => {
+      const r = resolved[i] as ResolvedNode;
+      const size = r.info.image?.['virtual-size'];
+      if (size === undefined) throw new ManifestError(this.manifestPath, `drive ${d.node} reports no size`);
+      const bitmap = chainBitmapName(d.bitmap ?? DEFAULT_BITMAP_PREFIX, chainId);
+      const plan: DrivePlan = {
+        options: d,
+        node: d.node,
+        target: join(this.dir, `${sanitize(d.node)}.${chainId.slice(0, 8)}.000.full.qcow2`),
+        parent: null,
+        size,
+        sync: 'full',
+        resets: true,
+        bitmap,
+        granularity: d.granularity ?? 0,
+        persistent: d.persistent ?? r.info.drv === 'qcow2',
+        markAction: 'fresh',
+        mark: { bitmap: markName(bitmap, run.id), bits: [] },
+        oldMark: undefined,
+        added: [bitmap, markName(bitmap, run.id)],
+      };
+      if (r.info.file) plan.image = r.info.file;
+      return plan;
+    });
+    const fresh = this.#newManifest(
       chainId,
-      created: time,
-      updated: time,
-      drives: prepared.map((p) => p.drive),
-    };
-    await writeManifest(this.manifestPath, manifest);
-    this.#manifest = manifest;
-    return { kind: 'full', run, chainId, backups, results, elapsedMs: performance.now() - started };
+      new Date().toISOString(),
+      plans.map((p) => manifestDrive(this.#pendingDrive(p, run))),
+    );
+    return this.#execute(run, plans, previous, previous ?? fresh, options, started, chainId);
   }
 
   /** An incremental backup of every drive: what changed since the last full or incremental. */
@@ -361,142 +548,258 @@ abstract class BackupChainBase {
 
   async #layered(kind: 'incremental' | 'differential', options: ChainIncrementalOptions): Promise<ChainRunResult> {
     const started = performance.now();
-    const checkOptions: CallOptions & { allowGrowth?: boolean } = this.#callOptions(options);
+    await this.recover(options);
+    const checkOptions: CallOptions & { allowGrowth?: boolean } = callOptions(options);
     if (options.allowGrowth !== undefined) checkOptions.allowGrowth = options.allowGrowth;
+    const checks = await this.check(checkOptions);
     const manifest = this.#manifest;
-    const run = randomUUID();
-    // The targets and the pending mark are prepared while the chain is checked (they need
-    // only the manifest); if the check fails they are undone, so a refusal changes nothing.
-    const canPrepare =
-      manifest !== undefined &&
-      manifest.pending === undefined &&
-      this.#drives.every((d) => {
-        const drive = manifest.drives.find((m) => m.node === d.node);
-        return drive !== undefined && lastBase(drive) !== undefined;
-      });
-    const [checked, preparation] = await Promise.allSettled([
-      this.check(checkOptions),
-      canPrepare ? this.#prepareLayer(manifest, kind, run, options) : Promise.resolve(undefined),
-    ]);
-    const undo = async (): Promise<void> => {
-      if (preparation.status === 'fulfilled' && preparation.value && manifest) {
-        await Promise.all(preparation.value.map((p) => rm(p.target, { force: true })));
-        await writeManifest(this.manifestPath, manifest);
-        this.#manifest = manifest;
-      }
-    };
-    if (checked.status === 'rejected') {
-      await undo();
-      throw checked.reason;
-    }
-    const checks = checked.value;
     const broken = checks.find((c) => !c.ok);
     if (broken || !manifest) {
-      await undo();
-      if (options.fullIfBroken) return this.full(options);
+      if (options.fullIfBroken && broken?.reason !== 'run-pending') return this.full(options);
       const b = broken ?? { node: this.#drives[0]?.node ?? '', reason: 'no-full-backup' as const, detail: 'no manifest' };
-      const d = this.#drives.find((x) => x.node === b.node);
+      const bitmap = manifest?.drives.find((m) => m.node === b.node)?.bitmap ?? '(none yet)';
       throw new NewFullBackupRequiredError(
         b.node,
-        d?.bitmap ?? DEFAULT_BITMAP,
-        b.reason ?? 'no-full-backup',
+        bitmap,
+        (b.reason === 'run-pending' ? 'interrupted' : b.reason ?? 'no-full-backup') as ChainBrokenReason,
         b.detail ?? 'the chain cannot be continued',
       );
     }
-    if (preparation.status === 'rejected') throw preparation.reason;
-    const prepared = preparation.value as PreparedDrive[];
-    const created = prepared.map((p) => p.target);
-    try {
-      // A drive that grew gets a target of its new size.
-      for (const [i, p] of prepared.entries()) {
-        const size = checks[i]?.driveSize;
-        if (size === undefined || size === p.currentSize) continue;
-        p.currentSize = size;
-        await rm(p.target, { force: true });
-        await this.#createTarget(p.target, this.#layerImage(p), options);
+    const run = new ChainRun(this.#context(), randomUUID(), kind);
+    const plans: DrivePlan[] = [];
+    for (const [i, d] of this.#drives.entries()) {
+      const drive = manifest.drives.find((m) => m.node === d.node) as ManifestDrive;
+      const check = checks[i] as DriveCheck;
+      const base = lastBase(drive) as ManifestBackup;
+      const size = check.driveSize ?? drive.driveSize;
+      const seq = String(drive.backups.length).padStart(3, '0');
+      const suffix = kind === 'incremental' ? 'inc' : 'diff';
+      const resets = kind === 'incremental';
+      const plan: DrivePlan = {
+        options: d,
+        node: d.node,
+        target: join(this.dir, `${sanitize(d.node)}.${manifest.chainId.slice(0, 8)}.${seq}.${suffix}.qcow2`),
+        parent: base.file,
+        size,
+        sync: resets ? 'incremental' : 'bitmap',
+        resets,
+        bitmap: drive.bitmap,
+        granularity: drive.granularity,
+        persistent: drive.persistent,
+        markAction: resets && drive.mark ? 'carry' : 'keep',
+        mark: drive.mark ?? null,
+        oldMark: undefined,
+        added: [],
+      };
+      if (check.coverFrom !== undefined && check.coverTo !== undefined) plan.cover = { from: check.coverFrom, to: check.coverTo };
+      if (plan.markAction === 'carry' && drive.mark) {
+        plan.mark = { bitmap: markName(drive.bitmap, run.id), bits: [...drive.mark.bits] };
+        plan.oldMark = drive.mark.bitmap;
+        plan.added.push(plan.mark.bitmap);
       }
-    } catch (error) {
-      await undo();
-      throw error;
+      plans.push(plan);
     }
-    const tx = new Transaction();
-    if (this.#drives.length > 1) tx.completionMode('grouped');
-    for (const p of prepared) {
-      const args = this.#backupArgs(p.options.node, p.target, kind === 'incremental' ? 'incremental' : 'bitmap', run, options);
-      args.bitmap = p.drive.bitmap;
-      if (kind === 'differential') args['bitmap-mode'] = 'never';
-      tx.driveBackup(args, this.#jobOptions(p.options.node, options));
-    }
-    const results = await this.#runTransaction(tx, options, created, manifest);
-    // The job that failed explains the run better than the ones cancelled because of it.
-    const failed = results.find((r) => r.status === 'failed') ?? results.find((r) => r.status !== 'completed');
-    if (failed) {
-      // QEMU merged the bitmaps back (failed or cancelled job): the manifest goes back to what
-      // it was, the targets go, and the next incremental covers everything since the last good one.
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      await writeManifest(this.manifestPath, manifest);
-      this.#manifest = manifest;
-      throw this.#failure(failed, results);
-    }
-    const time = new Date().toISOString();
-    const next: Manifest = structuredClone(manifest);
-    delete next.pending;
-    const backups: ManifestBackup[] = [];
-    prepared.forEach((p, i) => {
-      const drive = next.drives.find((m) => m.node === p.options.node) as ManifestDrive;
-      const backup = this.#record(kind, p, results[i] as JobResult, time, run);
-      drive.backups.push(backup);
-      drive.driveSize = p.currentSize;
-      backups.push(backup);
-    });
-    next.updated = time;
-    await writeManifest(this.manifestPath, next);
-    this.#manifest = next;
-    return { kind, run, chainId: next.chainId, backups, results, elapsedMs: performance.now() - started };
+    return this.#execute(run, plans, manifest, manifest, options, started, manifest.chainId);
   }
 
   /**
-   * Create every drive's target (sized as the manifest last saw the drive) and mark the run
-   * pending in the manifest, side by side. On failure, what was done is undone.
+   * Everything a run does, in order, through one `ChainRun` whose `rollback()` undoes it:
+   * mark the run pending, create the targets, add the bitmaps, start the jobs in one
+   * transaction, wait for them (cancelling on abort or timeout), then record or undo.
    */
-  async #prepareLayer(
-    manifest: Manifest,
-    kind: 'incremental' | 'differential',
-    run: string,
-    options: ChainIncrementalOptions,
-  ): Promise<PreparedDrive[]> {
-    const prepared: PreparedDrive[] = this.#drives.map((d) => {
-      const drive = manifest.drives.find((m) => m.node === d.node) as ManifestDrive;
-      const base = lastBase(drive) as ManifestBackup;
-      const seq = String(drive.backups.length).padStart(3, '0');
-      const suffix = kind === 'incremental' ? 'inc' : 'diff';
-      const target = join(this.dir, `${sanitize(d.node)}.${manifest.chainId.slice(0, 8)}.${seq}.${suffix}.qcow2`);
-      return { options: d, drive, target, parent: base.file, currentSize: drive.driveSize };
-    });
-    const created: string[] = [];
-    const creations = prepared.map(async (p) => {
-      await this.#createTarget(p.target, this.#layerImage(p), options, { overwrite: options.overwrite === true });
-      created.push(p.target);
-    });
-    const marking = this.#markPending(manifest, { run, kind, created: prepared.map((p) => p.target) });
-    const outcomes = await Promise.allSettled([marking, ...creations]);
-    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    if (failure) {
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      if (outcomes[0]?.status === 'fulfilled') {
-        await writeManifest(this.manifestPath, manifest);
-        this.#manifest = manifest;
-      }
-      throw failure.reason;
+  async #execute(
+    run: ChainRun,
+    plans: DrivePlan[],
+    before: Manifest | undefined,
+    pendingBase: Manifest,
+    options: ChainBackupOptions,
+    started: number,
+    chainId: string,
+  ): Promise<ChainRunResult> {
+    try {
+      return await this.#run(run, plans, before, pendingBase, options, started, chainId);
+    } finally {
+      run.ended();
     }
-    return prepared;
   }
 
-  /** The qcow2 image of a layered backup: its parent as backing file, named relative to it (same directory). */
-  #layerImage(p: PreparedDrive): TargetImage {
-    const parent = p.parent ?? '';
-    const backingFile = basename(parent) === parent ? parent : resolveBackupFile(this.manifestPath, parent);
-    return { size: p.currentSize, backingFile, backingFormat: 'qcow2' };
+  async #run(
+    run: ChainRun,
+    plans: DrivePlan[],
+    before: Manifest | undefined,
+    pendingBase: Manifest,
+    options: ChainBackupOptions,
+    started: number,
+    chainId: string,
+  ): Promise<ChainRunResult> {
+    const call = callOptions(options);
+    let startError: unknown;
+    try {
+      // Copy what a chain.resize() cut and grew back before anything else: the bits go into
+      // the chain's bitmap, where they stay if this run is undone (the next one copies them).
+      for (const p of plans) await this.#cover(p, call);
+      await this.#makeDirectory();
+      await run.markPending(before, pendingBase, chainId, plans.map((p) => this.#pendingDrive(p, run)));
+      for (const p of plans) {
+        await this.#createTarget(p, options);
+        run.created(p.target);
+      }
+      for (const p of plans) await this.#prepareBitmaps(run, p, call);
+      // The granularity QEMU chose and the mark's bits are known now: what a later run needs
+      // to record this one if this process dies.
+      await run.updatePending(plans.map((p) => this.#pendingDrive(p, run)));
+      const tx = new Transaction();
+      if (plans.length > 1) tx.completionMode('grouped');
+      for (const p of plans) tx.driveBackup(this.#backupArgs(p, run.id, options), this.#jobOptions(p.node, options));
+      const jobs = await run.start(tx, plans.map((p) => p.node), call);
+      jobs.forEach((job) => options.onJob?.(job, job.device));
+      // A resize is refused while the jobs run; one made between the checks and the start
+      // shows on the marks now. (Not under the run's signal: an abort now cancels the jobs.)
+      await this.#checkMarksAfterStart(run, plans, options.timeout === undefined ? {} : { timeout: options.timeout });
+    } catch (error) {
+      const aborted = options.signal?.aborted === true;
+      // Nothing started: undo what was prepared. Jobs that started are followed to their end first.
+      if (run.jobs.length === 0) {
+        await run.rollback(aborted ? { outcome: 'aborted' } : undefined);
+        throw aborted ? new BackupAbortedError(run.id, 'abort', { cause: options.signal?.reason }) : error;
+      }
+      if (aborted) run.stop('abort');
+      else {
+        startError = error;
+        run.stop('error');
+      }
+    }
+    let concluded: ConcludedJob[];
+    try {
+      concluded = await run.waitConcluded({ signal: options.signal, timeout: options.timeout });
+    } catch (error) {
+      // The outcome is unknown: the run stays pending; what may still run is cancelled.
+      await run.abandon();
+      await Promise.all(plans.map((p) => rm(p.target, { force: true })));
+      if (startError === undefined) throw error;
+      throw new JobTrackingError(run.jobs.map((j) => j.id).join(', '), `lost track of the job (${(startError as Error).message}); the run stays pending`, {
+        cause: startError,
+      });
+    }
+    if (startError !== undefined) {
+      // A job that completed before its cancel took effect reset its bitmap for a backup that
+      // cannot be trusted: the chain's bitmap goes too, so the chain asks for a new full.
+      for (const [i, c] of concluded.entries()) {
+        const p = plans[i] as DrivePlan;
+        if (c.status === 'completed' && p.resets && run.kind !== 'full') {
+          run.undoWith(`remove bitmap ${p.bitmap} of ${p.node}`, async () => {
+            await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: p.node, name: p.bitmap });
+          });
+        }
+      }
+      await run.rollback({ outcome: 'failed', error: (startError as Error).message });
+      throw startError;
+    }
+    // The job that failed explains the run better than the ones cancelled because of it.
+    const failed = concluded.find((c) => c.status === 'failed') ?? concluded.find((c) => c.status !== 'completed');
+    if (failed) {
+      const outcome = run.stopped ? 'aborted' : failed.status === 'cancelled' ? 'cancelled' : 'failed';
+      await run.rollback({ outcome, ...(failed.error ? { error: failed.error } : {}) });
+      if (run.stopped === 'abort' || run.stopped === 'timeout') {
+        throw new BackupAbortedError(run.id, run.stopped, { cause: options.signal?.reason });
+      }
+      const results = await Promise.all(run.jobs.map((j) => j.result));
+      throw this.#failure(results.find((r) => r.id === failed.job.id) ?? (results[0] as JobResult), results);
+    }
+    return this.#commit(run, plans, concluded, before, started, chainId);
+  }
+
+  /** Every job completed: hash the targets, record the run, then drop what it replaced. */
+  async #commit(
+    run: ChainRun,
+    plans: DrivePlan[],
+    concluded: ConcludedJob[],
+    before: Manifest | undefined,
+    started: number,
+    chainId: string,
+  ): Promise<ChainRunResult> {
+    // QEMU has reset the bitmaps: from here the run can only be recorded. If that fails the
+    // run stays pending (its jobs wait in 'concluded') and the next run records it.
+    const done: RecordedJob[] = plans.map((p, i) => ({
+      drive: this.#pendingDrive(p, run),
+      bytes: concluded[i]?.len ?? 0,
+      durationMs: concluded[i]?.durationMs ?? 0,
+    }));
+    const { next, backups } = await this.#record({ id: run.id, kind: run.kind, chainId }, before, done);
+    run.committed();
+    // The jobs were dismissed after the manifest was written: their QEMU time is up to 'concluded'.
+    const results = (await run.dismissJobs()).map((r, i) => ({ ...r, qemuDurationMs: concluded[i]?.durationMs ?? r.qemuDurationMs }));
+    return { kind: run.kind, run: run.id, chainId: next.chainId, backups, results, elapsedMs: performance.now() - started };
+  }
+
+  /**
+   * Resize a drive through the chain (QMP block_resize) and record it, so the next backup
+   * copies everything past the smallest size the drive had since the last backup: the part a
+   * shrink cut off reads as zeroes once grown back, while the chain still holds the old data.
+   */
+  async resize(size: number, options: ChainResizeOptions = {}): Promise<ChainResizeResult> {
+    const call = callOptions(options);
+    if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`resize: size must be a positive integer, got ${size}`);
+    const node = options.node ?? (this.#drives.length === 1 ? this.#drives[0]?.node : undefined);
+    if (node === undefined || !this.nodes.includes(node)) {
+      throw new ManifestError(this.manifestPath, `resize: say which drive (${this.nodes.join(', ')})`);
+    }
+    await this.recover(call);
+    const manifest = this.#manifest;
+    const before = await resolveNode(this.#qmp, node, call);
+    const from = before.info.image?.['virtual-size'] ?? 0;
+    const args = before.device === node ? { device: node, size } : { 'node-name': before.nodeName ?? node, size };
+    await execute(this.#qmp, 'block_resize', args, call);
+    const drive = manifest?.drives.find((d) => d.node === node);
+    if (!manifest || !drive || drive.backups.length === 0 || manifest.version === 1) {
+      return { node, from, to: size, smallest: Math.min(from, size), recorded: false };
+    }
+    const next = structuredClone(manifest);
+    const d = next.drives.find((x) => x.node === node) as ManifestDrive;
+    const time = new Date().toISOString();
+    const resizes = [...(d.resizes ?? [])];
+    const known = lastKnownSize(d);
+    if (from !== known) {
+      // The drive changed size behind the chain's back. A bit of the mark that is still set
+      // vouches that the drive never got below it; without bits, nothing does.
+      const floor = d.mark && d.mark.bits.length > 0 ? Math.max(...d.mark.bits) : 0;
+      resizes.push({ time, from: known, to: Math.min(floor, from), untracked: true });
+    }
+    if (size < from && d.mark && d.mark.bits.length > 0) await this.#rearmAfterShrink(before, d, size, call);
+    resizes.push({ time, from, to: size });
+    d.resizes = resizes;
+    next.updated = new Date().toISOString();
+    await this.#write(next);
+    return { node, from, to: size, smallest: smallestSize(d), recorded: true };
+  }
+
+  /**
+   * After a shrink made here, the mark keeps the bits below the new end and gets one at the
+   * new end, so a later shrink below it, made behind the chain's back, still shows. Only when
+   * the mark had every bit it should before: otherwise it keeps the evidence of that shrink.
+   */
+  async #rearmAfterShrink(before: ResolvedNode, d: ManifestDrive, size: number, call: CallOptions): Promise<void> {
+    const mark = d.mark as ManifestMark;
+    const had = before.info['dirty-bitmaps']?.find((b) => b.name === mark.bitmap)?.count;
+    if (had !== markExpected(d)) return;
+    const after = await resolveNode(this.#qmp, d.node, call);
+    const survivors = mark.bits.filter((b) => b < size);
+    const now = after.info['dirty-bitmaps']?.find((b) => b.name === mark.bitmap)?.count;
+    if (now !== survivors.length * d.granularity) return;
+    const bit = lastGranule(size, d.granularity);
+    if (survivors.includes(bit)) {
+      d.mark = { bitmap: mark.bitmap, bits: survivors };
+      return;
+    }
+    try {
+      await setBitmapRanges(this.#qmp, { node: d.node, bitmap: mark.bitmap, size, granularity: d.granularity }, [
+        { start: bit, end: bit + d.granularity },
+      ], call);
+      d.mark = { bitmap: mark.bitmap, bits: [...survivors, bit].sort((a, b) => a - b) };
+    } catch {
+      // Without the new bit the survivors still describe the mark exactly.
+      d.mark = { bitmap: mark.bitmap, bits: survivors };
+    }
   }
 
   /** qemu-img check every image and compare the chain with the source (see `verifyChain`). */
@@ -506,52 +809,178 @@ abstract class BackupChainBase {
 
   /** Flatten the chain of `node` up to a chosen backup into a standalone image. */
   restore(output: string, options: RestoreOptions = {}): Promise<string> {
-    return restoreChain(this.manifestPath, output, { qemuImg: this.#qemuImg, ...options });
+    return restoreChain(this.manifestPath, output, { qemuImg: this.#qemuImg, fileMode: this.fileMode, ...options });
   }
 
-  /**
-   * Record the run as pending before its jobs start: if this process loses track of them
-   * (or dies), the chain is refused instead of continued from a bitmap QEMU may have reset.
-   */
-  async #markPending(manifest: Manifest, p: { run: string; kind: BackupKind; created: string[] }): Promise<void> {
-    const marked: Manifest = {
-      ...manifest,
-      pending: { run: p.run, kind: p.kind, started: new Date().toISOString(), targets: p.created.map((f) => basename(f)) },
+  // ---- the steps of a run ----
+
+  #context(): { qmp: BackupQmp; manifestPath: string; fileMode: number } {
+    return { qmp: this.#qmp, manifestPath: this.manifestPath, fileMode: this.fileMode };
+  }
+
+  async #reload(): Promise<Manifest | undefined> {
+    this.#manifest = await readManifest(this.manifestPath);
+    return this.#manifest;
+  }
+
+  async #write(manifest: Manifest): Promise<void> {
+    await writeManifest(this.manifestPath, manifest, { mode: this.fileMode });
+    this.#manifest = manifest;
+  }
+
+  async #makeDirectory(): Promise<void> {
+    await makeDirectory(this.dir, this.fileMode);
+  }
+
+  #newManifest(chainId: string, time: string, drives: ManifestDrive[]): Manifest {
+    return { format: 'qmpkit-backup-chain', version: MANIFEST_VERSION, chainId, created: time, updated: time, drives };
+  }
+
+  #pendingDrive(p: DrivePlan, run: ChainRun): PendingDrive {
+    const d: PendingDrive = {
+      node: p.node,
+      jobId: this.#jobId(p.node, run.id),
+      target: basename(p.target),
+      parent: p.parent,
+      sync: p.sync,
+      resets: p.resets,
+      driveSize: p.size,
+      granularity: p.granularity,
+      persistent: p.persistent,
+      bitmaps: p.added,
+      mark: p.mark ? { bitmap: p.mark.bitmap, bits: [...p.mark.bits] } : null,
     };
-    await writeManifest(this.manifestPath, marked);
-    this.#manifest = marked;
+    if (p.oldMark !== undefined) d.oldMark = p.oldMark;
+    if (p.cover) d.coveredFrom = p.cover.from;
+    if (p.image !== undefined) d.image = p.image;
+    return d;
   }
 
   /**
-   * Create an empty qcow2 target. The file is created exclusively, so an existing one is
-   * found without a separate look-up: `TargetExistsError`, or replaced with `overwrite`.
-   * Targets are written in-process (image-tools' `createQcow2Image`: the bytes qemu-img would
-   * write, without a process per incremental); a layout it leaves to qemu-img goes there.
+   * Set the chain bitmap's bits from the smallest size the drive had (recorded by `resize()`)
+   * to the end of what the chain holds, so the job copies that part from the drive. Where
+   * QEMU offers no way to set bits, the drive's backup becomes a full copy instead: a new base
+   * for an incremental, a standalone image (that keeps the bitmap) for a differential.
    */
-  async #createTarget(
-    target: string,
-    image: TargetImage,
-    options: CallOptions,
-    how: { overwrite: boolean } = { overwrite: false },
-  ): Promise<void> {
-    const call = this.#callOptions(options);
+  async #cover(p: DrivePlan, call: CallOptions): Promise<void> {
+    if (!p.cover || p.sync === 'full') return;
     try {
-      await this.#createInProcess(target, image, call, how.overwrite);
-      return;
+      await setBitmapRanges(
+        this.#qmp,
+        { node: p.node, bitmap: p.bitmap, size: p.size, granularity: p.granularity },
+        [{ start: p.cover.from, end: p.cover.to }],
+        call,
+      );
+    } catch (error) {
+      if (!BitmapRangeError.isInstance(error) || error.reason !== 'unsupported') throw error;
+      p.sync = 'full';
+      p.parent = null;
+      if (p.resets) {
+        p.target = p.target.replace(/\.inc\.qcow2$/, '.full.qcow2');
+        p.markAction = 'fresh';
+        if (p.mark) p.mark = { bitmap: p.mark.bitmap, bits: [] };
+      }
+    }
+  }
+
+  /**
+   * The bitmaps a run needs before its jobs start. A new chain: its bitmap (recording) and its
+   * mark. An incremental: the next mark, merged from the last one. A mark gets a bit at the
+   * drive's end when it has none there yet (the drive is new to it, or grew).
+   */
+  async #prepareBitmaps(run: ChainRun, p: DrivePlan, call: CallOptions): Promise<void> {
+    if (run.kind === 'full') {
+      const add: Record<string, unknown> = { node: p.node, name: p.bitmap, persistent: p.persistent };
+      if (p.options.granularity !== undefined) add['granularity'] = p.options.granularity;
+      await execute(this.#qmp, 'block-dirty-bitmap-add', add, call);
+      run.addedBitmap(p.node, p.bitmap);
+      // QEMU chose the granularity when none was asked for: the mark needs the same.
+      const info = (await resolveNode(this.#qmp, p.node, call)).info['dirty-bitmaps']?.find((b) => b.name === p.bitmap);
+      p.granularity = info?.granularity ?? p.granularity;
+    }
+    const mark = p.mark;
+    if (p.markAction === 'keep' || !mark) return;
+    await execute(
+      this.#qmp,
+      'block-dirty-bitmap-add',
+      { node: p.node, name: mark.bitmap, persistent: p.persistent, granularity: p.granularity, disabled: true },
+      call,
+    );
+    run.addedBitmap(p.node, mark.bitmap);
+    if (p.markAction === 'carry' && p.oldMark) {
+      await execute(this.#qmp, 'block-dirty-bitmap-merge', { node: p.node, target: mark.bitmap, bitmaps: [p.oldMark] }, call);
+    }
+    // A carried mark without bits belongs to a QEMU that cannot set them: do not try again.
+    const end = lastGranule(p.size, p.granularity);
+    if ((p.markAction === 'carry' && mark.bits.length === 0) || mark.bits.includes(end)) return;
+    try {
+      await setBitmapRanges(this.#qmp, { node: p.node, bitmap: mark.bitmap, size: p.size, granularity: p.granularity }, [
+        { start: end, end: end + p.granularity },
+      ], call);
+      mark.bits = [...mark.bits, end].sort((a, b) => a - b);
+    } catch (error) {
+      // No HMP (e.g. qemu-storage-daemon): the mark still names the run; shrinks show only as sizes.
+      if (!BitmapRangeError.isInstance(error) || error.reason !== 'unsupported') throw error;
+    }
+  }
+
+  /** After the start: every mark still has all its bits (no shrink slipped in before the jobs began). */
+  async #checkMarksAfterStart(run: ChainRun, plans: DrivePlan[], call: CallOptions): Promise<void> {
+    for (const p of plans) {
+      if (!p.mark || p.mark.bits.length === 0) continue;
+      const resolved = await resolveNode(this.#qmp, p.node, call);
+      const count = resolved.info['dirty-bitmaps']?.find((b) => b.name === p.mark?.bitmap)?.count;
+      if (count !== p.mark.bits.length * p.granularity) {
+        throw new DriveBusyError(
+          p.node,
+          `was resized while backup run ${run.id} started (its mark has ${String(count)} dirty bytes, not ${p.mark.bits.length * p.granularity}): the run was cancelled, run it again`,
+        );
+      }
+    }
+  }
+
+  /**
+   * Create an empty qcow2 target with the chain's file mode. The file is created exclusively,
+   * so an existing one is found without a separate look-up: `TargetExistsError`, or replaced
+   * with `overwrite`. Targets are written in-process (image-tools' `createQcow2Image`: the
+   * bytes qemu-img would write, without a process per incremental); a layout it leaves to
+   * qemu-img goes there.
+   */
+  async #createTarget(p: DrivePlan, options: ChainBackupOptions): Promise<void> {
+    const call = callOptions(options);
+    const overwrite = options.overwrite === true;
+    const image: { size: number; backingFile?: string; backingFormat?: string } = { size: p.size };
+    if (p.parent !== null) {
+      // Backing files are named relative to the target (same directory), so the directory can move.
+      image.backingFile = basename(p.parent) === p.parent ? p.parent : resolveBackupFile(this.manifestPath, p.parent);
+      image.backingFormat = 'qcow2';
+    }
+    try {
+      await this.#createInProcess(p.target, image, call, overwrite);
     } catch (error) {
       if (!UnsupportedQcow2LayoutError.isInstance(error)) throw error;
+      if (await exists(p.target)) {
+        if (!overwrite) throw new TargetExistsError(p.target);
+        await rm(p.target, { force: true });
+      }
+      const create: Parameters<QemuImg['create']>[1] = { format: 'qcow2', size: image.size, ...call };
+      if (image.backingFile !== undefined) {
+        create.backingFile = image.backingFile;
+        create.backingFormat = image.backingFormat ?? 'qcow2';
+        create.unsafe = true;
+      }
+      await this.#qemuImg.create(p.target, create);
     }
-    await this.#claimTarget(target, how.overwrite);
-    const create: Parameters<QemuImg['create']>[1] = { format: 'qcow2', size: image.size, ...call };
-    if (image.backingFile !== undefined) {
-      create.backingFile = image.backingFile;
-      create.backingFormat = image.backingFormat ?? 'qcow2';
-      create.unsafe = true;
-    }
-    await this.#qemuImg.create(target, create);
+    // Empty so far (QEMU writes the data later): its mode is set before anything is in it.
+    await restrictFile(p.target, this.fileMode);
   }
 
-  async #createInProcess(target: string, image: TargetImage, call: CallOptions, overwrite: boolean): Promise<void> {
+  async #createInProcess(
+    target: string,
+    image: { size: number; backingFile?: string; backingFormat?: string },
+    call: CallOptions,
+    overwrite: boolean,
+  ): Promise<void> {
     try {
       await createQcow2Image(target, image, call);
     } catch (error) {
@@ -562,39 +991,20 @@ abstract class BackupChainBase {
     }
   }
 
-  async #claimTarget(target: string, overwrite: boolean): Promise<void> {
-    if (!(await exists(target))) return;
-    if (!overwrite) throw new TargetExistsError(target);
-    await rm(target, { force: true });
-  }
-
-  async #runTransaction(
-    tx: Transaction,
-    options: ChainBackupOptions,
-    created: string[],
-    before: Manifest | undefined,
-  ): Promise<JobResult[]> {
-    let started;
-    try {
-      started = await tx.run(this.#qmp, this.#callOptions(options));
-    } catch (error) {
-      // QEMU refused the transaction: nothing ran, so nothing is pending.
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      if (before) {
-        await writeManifest(this.manifestPath, before);
-        this.#manifest = before;
+  /**
+   * A new chain replaced the one in this directory: the old chain's own bitmap and marks are
+   * of no use to anyone (its manifest is gone) and are removed. Bitmaps of other chains, and
+   * the shared bitmap of 0.1 chains, are never touched.
+   */
+  async #removeSuperseded(previous: Manifest | undefined, next: Manifest): Promise<void> {
+    if (!previous || previous.version === 1 || previous.chainId === next.chainId) return;
+    for (const d of previous.drives) {
+      if (d.backups.length === 0) continue;
+      const names = [d.bitmap, ...(d.mark ? [d.mark.bitmap] : [])];
+      for (const name of names) {
+        if (next.drives.some((n) => n.bitmap === name || n.mark?.bitmap === name)) continue;
+        await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: d.node, name }).catch(() => undefined);
       }
-      throw error;
-    }
-    started.jobs.forEach((job) => options.onJob?.(job, job.device));
-    try {
-      return await started.results();
-    } catch (error) {
-      // Tracking failed (timeout, abort, QEMU gone): the outcome is unknown, the run stays
-      // pending in the manifest. Cancel what may still run so its bitmap is merged back.
-      await Promise.all(started.jobs.map((j) => j.abandon()));
-      await Promise.all(created.map((f) => rm(f, { force: true })));
-      throw error;
     }
   }
 
@@ -604,55 +1014,39 @@ abstract class BackupChainBase {
     });
   }
 
-  #record(kind: BackupKind, p: PreparedDrive, result: JobResult, time: string, run: string): ManifestBackup {
-    return {
-      kind,
-      file: basename(p.target),
-      parent: p.parent,
-      time,
-      bytes: result.len,
-      driveSize: p.currentSize,
-      result: 'completed',
-      jobId: result.id,
-      durationMs: Math.round(result.qemuDurationMs * 1000) / 1000,
-      run,
-    };
+  #jobId(node: string, run: string): string {
+    // One id per run: events of an earlier job of this drive that nobody took (its tracking
+    // was abandoned) can never be mistaken for this one's, and the next run finds a job left
+    // behind by a killed process by this id.
+    return `qmpkit-${sanitize(node)}-${run.slice(0, 8)}`;
   }
 
-  #backupArgs(
-    node: string,
-    target: string,
-    sync: 'full' | 'incremental' | 'bitmap',
-    run: string,
-    options: ChainBackupOptions,
-  ): DriveBackup {
+  #backupArgs(p: DrivePlan, run: string, options: ChainBackupOptions): DriveBackup {
     const args: DriveBackup = {
-      // One id per run: events of an earlier job of this drive that nobody took (its tracking
-      // was abandoned) can never be mistaken for this one's.
-      'job-id': `qmpkit-${sanitize(node)}-${run.slice(0, 8)}`,
-      device: node,
-      sync,
-      target,
+      'job-id': this.#jobId(p.node, run),
+      device: p.node,
+      sync: p.sync,
+      target: p.target,
       format: 'qcow2',
       mode: 'existing',
+      bitmap: p.bitmap,
+      // The job stays 'concluded' until the manifest records it: a process killed before that
+      // leaves its result in QEMU for the next run.
+      'auto-dismiss': false,
     };
+    // A full (a new chain, or a full copy) resets the bitmap when it succeeds, like an
+    // incremental; a differential keeps it. On failure QEMU merges everything back.
+    args['bitmap-mode'] = p.resets ? 'on-success' : 'never';
     if (options.speed !== undefined) args.speed = options.speed;
     return args;
   }
 
   #jobOptions(node: string, options: ChainBackupOptions): BackupJobOptions {
-    const jobOptions: BackupJobOptions = {};
+    const jobOptions: BackupJobOptions = { dismissConcluded: false };
     const onProgress = options.onProgress;
     if (onProgress) jobOptions.onProgress = (p) => onProgress({ ...p, node });
     if (options.progressInterval !== undefined) jobOptions.progressInterval = options.progressInterval;
     return jobOptions;
-  }
-
-  #callOptions(options: CallOptions): CallOptions {
-    const out: CallOptions = {};
-    if (options.timeout !== undefined) out.timeout = options.timeout;
-    if (options.signal) out.signal = options.signal;
-    return out;
   }
 }
 
@@ -661,35 +1055,49 @@ export interface BackupChainOptions extends ChainDriveOptions {
   dir: string;
   manifest?: string;
   qemuImg?: QemuImg;
+  fileMode?: number;
 }
 
-/**
- * Incremental backups of several drives that stay in step: every operation is one transaction
- * over all drives (incrementals with completion-mode 'grouped': if one job fails, all are
- * cancelled, and no bitmap or manifest changes), recorded in one manifest.
- */
-export class BackupChainGroup extends BackupChainBase {
-  /** Open the chain in `dir` (reading its manifest if there is one). */
-  static async open(options: BackupChainGroupOptions): Promise<BackupChainGroup> {
-    const { path, manifest } = await BackupChainBase.load(options);
-    return new BackupChainGroup(options, path, manifest);
-  }
-}
-
-/** The incremental backup chain of one drive (a group of one). */
-export class BackupChain extends BackupChainBase {
+/** The incremental backup chain of one drive: a group of one, with single-drive accessors. */
+export class BackupChain {
   readonly node: string;
+  readonly #group: BackupChainGroup;
 
-  protected constructor(options: BackupChainOptions, path: string, manifest: Manifest | undefined) {
-    super({ ...options, drives: [options] }, path, manifest);
-    this.node = options.node;
+  protected constructor(node: string, group: BackupChainGroup) {
+    this.node = node;
+    this.#group = group;
   }
 
   static async open(options: BackupChainOptions): Promise<BackupChain> {
-    const groupOptions: BackupChainGroupOptions = { qmp: options.qmp, dir: options.dir, drives: [options] };
+    const drive: ChainDriveOptions = { node: options.node };
+    if (options.bitmap !== undefined) drive.bitmap = options.bitmap;
+    if (options.granularity !== undefined) drive.granularity = options.granularity;
+    if (options.persistent !== undefined) drive.persistent = options.persistent;
+    const groupOptions: BackupChainGroupOptions = { qmp: options.qmp, dir: options.dir, drives: [drive] };
     if (options.manifest !== undefined) groupOptions.manifest = options.manifest;
-    const { path, manifest } = await BackupChainBase.load(groupOptions);
-    return new BackupChain(options, path, manifest);
+    if (options.qemuImg !== undefined) groupOptions.qemuImg = options.qemuImg;
+    if (options.fileMode !== undefined) groupOptions.fileMode = options.fileMode;
+    return new BackupChain(options.node, await BackupChainGroup.open(groupOptions));
+  }
+
+  get dir(): string {
+    return this.#group.dir;
+  }
+
+  get manifestPath(): string {
+    return this.#group.manifestPath;
+  }
+
+  get manifest(): Manifest | undefined {
+    return this.#group.manifest;
+  }
+
+  get qmp(): BackupQmp {
+    return this.#group.qmp;
+  }
+
+  set qmp(qmp: BackupQmp) {
+    this.#group.qmp = qmp;
   }
 
   /** This drive's part of the manifest. */
@@ -700,5 +1108,46 @@ export class BackupChain extends BackupChainBase {
   /** This drive's backups, oldest first. */
   get backups(): readonly ManifestBackup[] {
     return this.drive?.backups ?? [];
+  }
+
+  check(options: CallOptions & { allowGrowth?: boolean } = {}): Promise<DriveCheck[]> {
+    return this.#group.check(options);
+  }
+
+  inspect(): Promise<ChainStatus> {
+    return this.#group.inspect();
+  }
+
+  status(options: CallOptions = {}): Promise<ChainStatus & { drives: DriveCheck[] }> {
+    return this.#group.status(options);
+  }
+
+  recover(options: CallOptions & { cancelOrphanJob?: boolean } = {}): Promise<'none' | 'recorded' | 'undone' | 'unknown'> {
+    return this.#group.recover(options);
+  }
+
+  full(options: ChainBackupOptions = {}): Promise<ChainRunResult> {
+    return this.#group.full(options);
+  }
+
+  incremental(options: ChainIncrementalOptions = {}): Promise<ChainRunResult> {
+    return this.#group.incremental(options);
+  }
+
+  differential(options: ChainIncrementalOptions = {}): Promise<ChainRunResult> {
+    return this.#group.differential(options);
+  }
+
+  /** Resize the drive through the chain (see `BackupChainGroup.resize`). */
+  resize(size: number, options: CallOptions = {}): Promise<ChainResizeResult> {
+    return this.#group.resize(size, { ...options, node: this.node });
+  }
+
+  verify(options: VerifyOptions = {}): Promise<VerifyReport> {
+    return this.#group.verify(options);
+  }
+
+  restore(output: string, options: RestoreOptions = {}): Promise<string> {
+    return this.#group.restore(output, options);
   }
 }

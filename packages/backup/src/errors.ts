@@ -171,12 +171,22 @@ export class NewFullBackupRequiredError extends BackupError {
 
 export type ChainBrokenReason =
   | 'no-full-backup'
+  /** The chain's bitmap is not on the drive: QEMU restarted without it, it was removed, or this is another VM's drive. */
   | 'bitmap-missing'
+  /** The chain's bitmap is missing and the node now holds another image than the one the chain was taken from. */
+  | 'drive-changed'
+  /** The drive carries the chain's bitmap but not the mark of its last backup: an older copy of the image, or another copy of the chain continued it. */
+  | 'bitmap-stale'
+  /** The manifest was written by @qmpkit/backup 0.1, whose chains all shared one bitmap name: another chain may have reset it. */
+  | 'legacy-bitmap'
   | 'bitmap-inconsistent'
   | 'bitmap-disabled'
   | 'granularity-mismatch'
+  /** The drive was shrunk (or grew where shrinks cannot be seen) outside `chain.resize()`. */
   | 'size-mismatch'
   | 'last-backup-missing'
+  /** A file of the chain is missing or not the size recorded for it. */
+  | 'backup-damaged'
   | 'interrupted';
 
 /** Same class under the name the issue uses; `ChainBrokenError.isInstance` is the same check. */
@@ -228,5 +238,115 @@ export class VerifyError extends BackupError {
     this.name = 'VerifyError';
     this.failures = failures;
     brand(this, 'VerifyError');
+  }
+}
+
+/**
+ * The run was stopped by its AbortSignal or timeout: its jobs were cancelled and waited for,
+ * their targets removed, and the manifest and bitmaps left as before the run (QEMU merged the
+ * bitmaps back), so the next incremental covers everything since the last good backup.
+ */
+export class BackupAbortedError extends BackupError {
+  static override isInstance(value: unknown): value is BackupAbortedError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.BackupAbortedError'));
+  }
+
+  readonly run: string;
+  readonly reason: 'abort' | 'timeout';
+
+  constructor(run: string, reason: 'abort' | 'timeout', options?: { cause?: unknown }) {
+    super(
+      `backup run ${run} was ${reason === 'timeout' ? 'stopped by its timeout' : 'aborted'}: its jobs were cancelled, nothing was recorded, and the next incremental covers everything since the last good backup`,
+      options,
+    );
+    this.name = 'BackupAbortedError';
+    this.run = run;
+    this.reason = reason;
+    brand(this, 'BackupAbortedError');
+  }
+}
+
+/** A job of an earlier run of the chain, found in QEMU by its id. */
+export interface PendingJobInfo {
+  id: string;
+  node: string;
+  /** QEMU's job status ('running', 'paused', 'concluded', ...), or 'gone' when QEMU no longer lists it. */
+  status: string;
+}
+
+/**
+ * An earlier run of the chain has not ended: its job is still in QEMU (the process that
+ * started it was killed, or is still running). Nothing was changed. Wait for it, or, when its
+ * process is gone, cancel it (`cancelOrphanJob: true`, CLI `--cancel-orphan-job`).
+ */
+export class PendingRunError extends BackupError {
+  static override isInstance(value: unknown): value is PendingRunError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.PendingRunError'));
+  }
+
+  readonly run: string;
+  readonly jobs: readonly PendingJobInfo[];
+  readonly pid: number | undefined;
+  readonly host: string | undefined;
+  /** The process that started the run is still alive (same host): it is not an orphan. */
+  readonly ownerAlive: boolean;
+
+  constructor(
+    run: string,
+    jobs: readonly PendingJobInfo[],
+    owner: { pid?: number | undefined; host?: string | undefined; alive: boolean },
+  ) {
+    const list = jobs.map((j) => `${j.id} (${j.node}, ${j.status})`).join(', ');
+    const who =
+      owner.pid === undefined ? 'an unknown process' : `process ${owner.pid}${owner.host ? ` on ${owner.host}` : ''}`;
+    super(
+      owner.alive
+        ? `backup run ${run} of this chain is still in progress: ${who} is running job ${list}; wait for it to end`
+        : `backup run ${run} was left behind by ${who}, which is gone, and its job ${list} is still in QEMU; wait for it to end, or cancel it (option cancelOrphanJob, CLI --cancel-orphan-job) to continue the chain`,
+    );
+    this.name = 'PendingRunError';
+    this.run = run;
+    this.jobs = jobs;
+    this.pid = owner.pid;
+    this.host = owner.host;
+    this.ownerAlive = owner.alive;
+    brand(this, 'PendingRunError');
+  }
+}
+
+/** Bits of a bitmap could not be set (see `setBitmapRanges`). */
+export class BitmapRangeError extends BackupError {
+  static override isInstance(value: unknown): value is BitmapRangeError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.BitmapRangeError'));
+  }
+
+  readonly node: string;
+  readonly bitmap: string;
+  /** 'unsupported': this QEMU offers no way (no HMP); 'failed': it went wrong. */
+  readonly reason: 'unsupported' | 'failed';
+
+  constructor(node: string, bitmap: string, reason: 'unsupported' | 'failed', detail: string, options?: { cause?: unknown }) {
+    super(`cannot set bits of bitmap "${bitmap}" on "${node}": ${detail}`, options);
+    this.name = 'BitmapRangeError';
+    this.node = node;
+    this.bitmap = bitmap;
+    this.reason = reason;
+    brand(this, 'BitmapRangeError');
+  }
+}
+
+/** The drive's node is busy with a block job that is not this chain's, or was resized while a run started. */
+export class DriveBusyError extends BackupError {
+  static override isInstance(value: unknown): value is DriveBusyError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.DriveBusyError'));
+  }
+
+  readonly node: string;
+
+  constructor(node: string, detail: string, options?: { cause?: unknown }) {
+    super(`drive "${node}": ${detail}`, options);
+    this.name = 'DriveBusyError';
+    this.node = node;
+    brand(this, 'DriveBusyError');
   }
 }

@@ -1,18 +1,22 @@
 export {
+  BackupAbortedError,
   BackupError,
   BackupJobError,
   BitmapNotFoundError,
+  BitmapRangeError,
   ChainBrokenError,
+  DriveBusyError,
   InvalidGranularityError,
   InvalidTransactionError,
   JobTrackingError,
   ManifestError,
   NewFullBackupRequiredError,
   NodeNotFoundError,
+  PendingRunError,
   TargetExistsError,
   VerifyError,
 } from './errors.js';
-export type { ChainBrokenReason } from './errors.js';
+export type { ChainBrokenReason, PendingJobInfo } from './errors.js';
 export type { BackupQmp, CallOptions, QmpEventLike, QmpTimestamp } from './qmp.js';
 export type {
   BackupCommon,
@@ -48,17 +52,35 @@ export { BackupJob, isJobEvent, startBlockdevBackup, startDriveBackup } from './
 export type { BackupJobOptions, BlockJobErrorInfo, JobEndStatus, JobProgress, JobResult } from './job.js';
 export { Transaction } from './transaction.js';
 export type { CompletionMode, TransactionRun } from './transaction.js';
-export { BackupChain, BackupChainGroup, DEFAULT_BITMAP } from './chain.js';
+export { BackupChain, BackupChainGroup, DEFAULT_BITMAP, DEFAULT_BITMAP_PREFIX } from './chain.js';
 export type {
   BackupChainGroupOptions,
   BackupChainOptions,
   ChainBackupOptions,
   ChainDriveOptions,
   ChainIncrementalOptions,
+  ChainResizeOptions,
+  ChainResizeResult,
   ChainRunResult,
-  DriveCheck,
 } from './chain.js';
-export { MANIFEST_FILE, readManifest, writeManifest } from './manifest.js';
-export type { BackupKind, Manifest, ManifestBackup, ManifestDrive } from './manifest.js';
+export { inspectChain } from './chain-check.js';
+export type { ChainFileStatus, ChainStatus, DriveCheck, DriveCheckReason } from './chain-check.js';
+export { setBitmapRanges } from './bitmap-ranges.js';
+export type { BitmapRangeTarget, ByteRange } from './bitmap-ranges.js';
+export { DIGEST_ALGORITHM, digestFile } from './digest.js';
+export type { FileDigest } from './digest.js';
+export { DEFAULT_FILE_MODE } from './file-mode.js';
+export { MANIFEST_FILE, MANIFEST_VERSION, readManifest, readRunLog, runLogPath, writeManifest } from './manifest.js';
+export type {
+  BackupKind,
+  Manifest,
+  ManifestBackup,
+  ManifestDrive,
+  ManifestMark,
+  ManifestResize,
+  PendingDrive,
+  PendingRun,
+  RunLogEntry,
+} from './manifest.js';
 export { restoreChain, verifyChain } from './verify.js';
 export type { ImageVerdict, RestoreOptions, VerifyOptions, VerifyReport } from './verify.js';

@@ -2,7 +2,8 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManifestError } from './errors.js';
-import { lastBase, readManifest, resolveBackupFile, writeManifest } from './manifest.js';
+import { stat } from 'node:fs/promises';
+import { appendRunLog, backupLineage, lastBase, readManifest, readRunLog, resolveBackupFile, runLogPath, writeManifest } from './manifest.js';
 import type { Manifest, ManifestBackup } from './manifest.js';
 
 function backup(kind: ManifestBackup['kind'], file: string, parent: string | null): ManifestBackup {
@@ -58,7 +59,9 @@ describe('manifest files', () => {
   it.each([
     ['not JSON', '{"format": '],
     ['another format', JSON.stringify({ format: 'other', version: 1 })],
-    ['another version', JSON.stringify({ ...manifest([]), version: 2 })],
+    // Version 2 is this release's; 1 is read (and refused for continuing); anything else is unknown.
+    ['another version', JSON.stringify({ ...manifest([]), version: 3 })],
+    ['a malformed mark', JSON.stringify({ ...manifest([]), drives: [{ ...manifest([]).drives[0], mark: { bits: 1 } }] })],
     ['no drives', JSON.stringify({ ...manifest([]), drives: [] })],
     ['a backup without a file', JSON.stringify(manifest([{ kind: 'full' } as unknown as ManifestBackup]))],
     ['a malformed pending run', JSON.stringify({ ...manifest([]), pending: 'yes' })],
@@ -94,5 +97,47 @@ describe('manifest files', () => {
     const path = join(dir, 'manifest.json');
     await writeManifest(path, manifest([]));
     expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ format: 'qmpkit-backup-chain' });
+  });
+
+  it('writes the manifest owner-only whatever the umask, or with the mode asked for', async () => {
+    const path = join(dir, 'manifest.json');
+    const old = process.umask(0o000);
+    try {
+      await writeManifest(path, manifest([]));
+      expect((await stat(path)).mode & 0o777).toBe(0o600);
+      await writeManifest(path, manifest([]), { mode: 0o640 });
+      expect((await stat(path)).mode & 0o777).toBe(0o640);
+      process.umask(0o077);
+      await writeManifest(path, manifest([]), { mode: 0o640 });
+      expect((await stat(path)).mode & 0o777).toBe(0o640);
+    } finally {
+      process.umask(old);
+    }
+  });
+
+  it('keeps a run log beside the manifest, skipping a torn last line', async () => {
+    const path = join(dir, 'manifest.json');
+    expect(runLogPath(path)).toBe(join(dir, 'manifest.runs.jsonl'));
+    expect(await readRunLog(path)).toEqual([]);
+    await appendRunLog(path, { run: 'r1', kind: 'full', time: 't', outcome: 'completed', files: ['f'] });
+    await appendRunLog(path, { run: 'r2', kind: 'incremental', time: 't', outcome: 'aborted' });
+    await writeFile(runLogPath(path), `${await readFile(runLogPath(path), 'utf8')}{"run":"r3","ki`);
+    expect((await readRunLog(path)).map((e) => [e.run, e.outcome])).toEqual([
+      ['r1', 'completed'],
+      ['r2', 'aborted'],
+    ]);
+    expect((await stat(runLogPath(path))).mode & 0o777).toBe(0o600);
+  });
+
+  it('lists the files a restore reads: the backup and its parents', () => {
+    const m = manifest([
+      backup('full', 'f', null),
+      backup('incremental', 'i1', 'f'),
+      backup('differential', 'd1', 'i1'),
+      backup('incremental', 'i2', 'i1'),
+    ]);
+    const drive = m.drives[0] as Manifest['drives'][number];
+    expect(backupLineage(drive, drive.backups[2] as ManifestBackup).map((b) => b.file)).toEqual(['d1', 'i1', 'f']);
+    expect(backupLineage(drive, drive.backups[3] as ManifestBackup).map((b) => b.file)).toEqual(['i2', 'i1', 'f']);
   });
 });

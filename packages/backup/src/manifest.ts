@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { ManifestError } from './errors.js';
+import { DEFAULT_FILE_MODE } from './file-mode.js';
 
 export type BackupKind = 'full' | 'incremental' | 'differential';
 
@@ -25,25 +26,69 @@ export interface ManifestBackup {
   durationMs: number;
   /** Backups of drives taken by one transaction share a run id. */
   run: string;
+  /** Size of the image file in bytes when it was recorded (version 2). */
+  fileSize?: number;
+  /** Digest of the whole image file, `sha256:<hex>` (version 2). */
+  digest?: string;
+  /**
+   * Why a backup of an existing chain copied more than its bitmap: the drive was resized with
+   * `chain.resize()` and everything from `coveredFrom` to the end was copied.
+   */
+  coveredFrom?: number;
+}
+
+/** A resize made through `chain.resize()` since the drive's last backup. */
+export interface ManifestResize {
+  time: string;
+  from: number;
+  to: number;
+  /**
+   * Not a resize the chain made: `chain.resize()` found the drive at a size the chain did not
+   * know, and records that change as going down to the lowest size the mark can vouch for
+   * (0 when it has no bits), so the next backup copies from there.
+   */
+  untracked?: boolean;
+}
+
+/**
+ * The chain's mark on the drive: a disabled bitmap named after the chain and the run of the
+ * last backup that reset the chain's bitmap, with a set bit in the last granule of every size
+ * listed in `bits` (their offsets). Its name tells a drive that carries the chain's newest
+ * state from an older copy of it; a shrink of the drive drops the bits past the new end, so a
+ * shrink made behind the chain's back shows as a lower count. `bits` is empty where QEMU
+ * offers no way to set them (no HMP, e.g. qemu-storage-daemon).
+ */
+export interface ManifestMark {
+  bitmap: string;
+  bits: number[];
 }
 
 /** One drive's chain. */
 export interface ManifestDrive {
   /** Device (drive id) or node-name the backups read from; the bitmap lives on it. */
   node: string;
+  /** The chain's own dirty bitmap: `<prefix>-<first 8 hex digits of the chain id>` since version 2. */
   bitmap: string;
   granularity: number;
   persistent: boolean;
-  /** Virtual size the chain expects of the drive (grows with the drive). */
+  /** Virtual size of the drive at its last backup. */
   driveSize: number;
   targetFormat: 'qcow2';
   backups: ManifestBackup[];
+  /** The image file QEMU reported for the node at the full backup (version 2, for diagnostics). */
+  image?: string;
+  /** Version 2; null when the mark could not be made. */
+  mark?: ManifestMark | null;
+  /** Resizes made with `chain.resize()` since the last backup (version 2). */
+  resizes?: ManifestResize[];
 }
 
 /**
  * A run that was started and whose outcome was never recorded (the helper lost track of its
- * jobs, or its process died). QEMU may have reset the bitmaps for it, so the chain cannot be
- * continued until a new full backup: `check()` reports 'interrupted'.
+ * jobs, or its process died). The next run looks for its jobs in QEMU by id: one that has
+ * concluded is adopted (recorded or rolled back by its result), one still running is reported
+ * (`PendingRunError`), and when none is left the outcome is unknown, so a layered chain cannot
+ * be continued until a new full backup: `check()` reports 'interrupted'.
  */
 export interface PendingRun {
   run: string;
@@ -51,11 +96,41 @@ export interface PendingRun {
   started: string;
   /** Target files of the run (they may be left on disk). */
   targets: string[];
+  /** Version 2: what the run did per drive, enough to record or undo it later. */
+  drives?: PendingDrive[];
+  /** Version 2: the process that started the run. */
+  pid?: number;
+  host?: string;
+  /** Version 2: the chain the run belongs to (a full starts a new one). */
+  chainId?: string;
+}
+
+export interface PendingDrive {
+  node: string;
+  jobId: string;
+  target: string;
+  parent: string | null;
+  /** The sync mode the job ran with. */
+  sync: 'full' | 'incremental' | 'bitmap';
+  /** The job resets the chain's bitmap when it succeeds (a full or an incremental). */
+  resets: boolean;
+  driveSize: number;
+  granularity: number;
+  persistent: boolean;
+  /** Bitmaps the run created (the new chain's bitmap, a new mark): removed when the run is undone. */
+  bitmaps: string[];
+  /** The mark of the chain once the run is recorded. */
+  mark: ManifestMark | null;
+  /** The mark the run replaces (removed once it is recorded). */
+  oldMark?: string;
+  coveredFrom?: number;
+  image?: string;
 }
 
 export interface Manifest {
   format: 'qmpkit-backup-chain';
-  version: 1;
+  /** 1: written by @qmpkit/backup 0.1 (every chain used the bitmap 'qmpkit-backup'); 2: owned bitmaps, marks, digests. */
+  version: 1 | 2;
   chainId: string;
   created: string;
   updated: string;
@@ -64,6 +139,7 @@ export interface Manifest {
 }
 
 export const MANIFEST_FILE = 'manifest.json';
+export const MANIFEST_VERSION = 2;
 
 export function newChainId(): string {
   return randomUUID();
@@ -83,7 +159,10 @@ function validate(path: string, value: unknown): Manifest {
   };
   if (!isObject(value)) return fail('is not a JSON object');
   if (value['format'] !== 'qmpkit-backup-chain') return fail('is not a qmpkit backup manifest (format field)');
-  if (value['version'] !== 1) return fail(`has unsupported version ${String(value['version'])}`);
+  const version = value['version'];
+  if (version !== 1 && version !== 2) {
+    return fail(`has unsupported version ${String(version)} (this @qmpkit/backup reads versions 1 and 2)`);
+  }
   if (typeof value['chainId'] !== 'string') return fail('has no chainId');
   const drives = value['drives'];
   if (!Array.isArray(drives) || drives.length === 0) return fail('lists no drives');
@@ -99,6 +178,14 @@ function validate(path: string, value: unknown): Manifest {
         fail(`drives[${i}].backups[${j}] has no file or kind`);
       }
     });
+    const mark = d['mark'];
+    if (mark !== undefined && mark !== null) {
+      if (!isObject(mark) || typeof mark['bitmap'] !== 'string' || !Array.isArray(mark['bits'])) {
+        fail(`drives[${i}].mark is malformed`);
+      }
+    }
+    const resizes = d['resizes'];
+    if (resizes !== undefined && !Array.isArray(resizes)) fail(`drives[${i}].resizes is malformed`);
     return undefined;
   });
   const pending = value['pending'];
@@ -126,17 +213,21 @@ export async function readManifest(path: string): Promise<Manifest | undefined> 
 
 /**
  * Replace the manifest atomically: write a temporary file beside it, rename it over the old
- * one, so a reader sees the old or the new manifest, never a torn one.
+ * one, so a reader sees the old or the new manifest, never a torn one. The file gets `mode`
+ * (default 0600) whatever the umask: it names the drive's images and the chain's bitmaps.
  *
  * No fsync: a power loss could bring back the previous manifest, but QEMU on the same host
- * goes down with it, and the bitmaps it then reports (missing, or inconsistent) refuse the
- * chain anyway; a manifest that names a run in `pending` is refused too. Skipping the flush
- * keeps the write well under a millisecond.
+ * goes down with it, and the bitmaps it then reports (missing, inconsistent, or carrying a
+ * mark of a later run) refuse the chain anyway; a manifest that names a run in `pending` is
+ * refused too. Skipping the flush keeps the write well under a millisecond.
  */
-export async function writeManifest(path: string, manifest: Manifest): Promise<void> {
+export async function writeManifest(path: string, manifest: Manifest, options: { mode?: number } = {}): Promise<void> {
+  const mode = options.mode ?? DEFAULT_FILE_MODE;
   const temp = `${path}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
   try {
-    await writeFile(temp, `${JSON.stringify(manifest, null, 2)}\n`, { encoding: 'utf8', flag: 'wx' });
+    await writeFile(temp, `${JSON.stringify(manifest, null, 2)}\n`, { encoding: 'utf8', flag: 'wx', mode });
+    // The umask may have taken bits away from a widened mode: set it exactly.
+    await chmod(temp, mode);
     await rename(temp, path);
   } catch (error) {
     await rm(temp, { force: true });
@@ -151,4 +242,70 @@ export function lastBase(drive: ManifestDrive): ManifestBackup | undefined {
     if (b && b.kind !== 'differential') return b;
   }
   return undefined;
+}
+
+/** The files a restore of `backup` reads: the backup and its parents, newest first. */
+export function backupLineage(drive: ManifestDrive, backup: ManifestBackup): ManifestBackup[] {
+  const lineage: ManifestBackup[] = [backup];
+  const seen = new Set([backup.file]);
+  let parent = backup.parent;
+  while (parent !== null) {
+    const p = parent;
+    const found = drive.backups.find((b) => b.file === p);
+    // A parent the manifest does not list is reported by the caller as missing.
+    if (!found || seen.has(found.file)) break;
+    lineage.push(found);
+    seen.add(found.file);
+    parent = found.parent;
+  }
+  return lineage;
+}
+
+/** One line of a chain's run log (`<manifest>.runs.jsonl` beside the manifest): how a run ended. */
+export interface RunLogEntry {
+  run: string;
+  kind: BackupKind;
+  /** When the run ended (ISO 8601). */
+  time: string;
+  outcome: 'completed' | 'failed' | 'cancelled' | 'aborted';
+  error?: string;
+  /** Backup files the run recorded. */
+  files?: string[];
+}
+
+/** The run log of a manifest: `manifest.json` -> `manifest.runs.jsonl`. */
+export function runLogPath(manifestPath: string): string {
+  return `${manifestPath.replace(/\.json$/, '')}.runs.jsonl`;
+}
+
+/**
+ * Append how a run ended to the chain's run log (mode as the manifest's). The manifest holds
+ * what the chain is; the log says what happened to runs that left no backup (a failed or
+ * cancelled run leaves the manifest exactly as it was).
+ */
+export async function appendRunLog(manifestPath: string, entry: RunLogEntry, options: { mode?: number } = {}): Promise<void> {
+  const path = runLogPath(manifestPath);
+  const mode = options.mode ?? DEFAULT_FILE_MODE;
+  await appendFile(path, `${JSON.stringify(entry)}\n`, { encoding: 'utf8', mode });
+  await chmod(path, mode);
+}
+
+/** The run log's entries, oldest first ([] when there is none; unreadable lines are skipped). */
+export async function readRunLog(manifestPath: string): Promise<RunLogEntry[]> {
+  let text: string;
+  try {
+    text = await readFile(runLogPath(manifestPath), 'utf8');
+  } catch {
+    return [];
+  }
+  const entries: RunLogEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      entries.push(JSON.parse(line) as RunLogEntry);
+    } catch {
+      // A torn last line (a process killed while appending) says nothing.
+    }
+  }
+  return entries;
 }

@@ -1,9 +1,11 @@
 import { access, mkdtemp, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
+import { ToolError, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
+import { digestFile, fileProblem } from './digest.js';
 import { ManifestError, TargetExistsError, VerifyError } from './errors.js';
-import { readManifest, resolveBackupFile } from './manifest.js';
+import { DEFAULT_FILE_MODE, checkFileMode, restrictFile } from './file-mode.js';
+import { backupLineage, readManifest, resolveBackupFile } from './manifest.js';
 import type { Manifest, ManifestBackup, ManifestDrive } from './manifest.js';
 import type { CallOptions } from './qmp.js';
 
@@ -26,8 +28,16 @@ export interface VerifyOptions extends CallOptions {
 export interface ImageVerdict {
   node: string;
   file: string;
-  /** qemu-img check: clean, or what it found. */
-  check: 'clean' | 'corrupted' | 'leaked';
+  /**
+   * qemu-img check: clean, or what it found; 'missing' when the file is not there,
+   * 'unreadable' when qemu-img could not check it at all (not an image, truncated header).
+   */
+  check: 'clean' | 'corrupted' | 'leaked' | 'missing' | 'unreadable';
+  /**
+   * The file against the digest recorded when it was made: 'ok', 'mismatch' (it changed),
+   * 'missing', or 'unrecorded' (a manifest of version 1 has none).
+   */
+  digest: 'ok' | 'mismatch' | 'missing' | 'unrecorded';
   /** Against its reference, when one was given. */
   reference?: { file: string; identical: boolean; message: string };
 }
@@ -37,6 +47,7 @@ export interface VerifyReport {
   images: ImageVerdict[];
   /** Newest backup of each drive compared with its source, when one was given. */
   sources: Array<{ node: string; file: string; source: string; identical: boolean; message: string }>;
+  /** One line per problem, each naming the file. */
   failures: string[];
 }
 
@@ -53,36 +64,100 @@ function callOptions(options: CallOptions): CallOptions {
   return out;
 }
 
+/** A tool's failure as one line: its first stderr line, not the whole error object. */
+function toolFailure(error: unknown): string {
+  if (ToolError.isInstance(error)) {
+    const line = error.stderr.trim().split('\n')[0]?.trim();
+    return line || error.message.split('\n')[0] || 'it failed';
+  }
+  return error instanceof Error ? (error.message.split('\n')[0] ?? 'it failed') : String(error);
+}
+
 /**
- * Check every image of the chain with `qemu-img check`, compare backups with their reference
- * images, and the newest backup of each drive (through its backing chain) with the drive.
+ * Check one recorded file without anything but itself: present, of the recorded size, with
+ * the recorded digest (one read of the file). Returns the failure line, if any.
+ */
+export async function checkBackupFile(
+  manifestPath: string,
+  backup: ManifestBackup,
+  options: CallOptions = {},
+): Promise<{ digest: ImageVerdict['digest']; failure?: string }> {
+  const path = resolveBackupFile(manifestPath, backup.file);
+  const problem = await fileProblem(path, undefined);
+  if (problem === 'missing') return { digest: 'missing', failure: `${backup.file}: missing` };
+  if (backup.digest === undefined) return { digest: 'unrecorded' };
+  const now = await digestFile(path, callOptions(options));
+  if (now.digest === backup.digest && (backup.fileSize === undefined || now.size === backup.fileSize)) return { digest: 'ok' };
+  const size = backup.fileSize !== undefined && now.size !== backup.fileSize ? ` (${now.size} bytes, recorded ${backup.fileSize})` : '';
+  return { digest: 'mismatch', failure: `${backup.file}: its content changed since it was made: digest ${now.digest}, recorded ${backup.digest}${size}` };
+}
+
+/**
+ * Check every file of the chain on its own, with no source needed: present, with the digest
+ * recorded when it was made, and clean to `qemu-img check`; compare backups with their
+ * reference images, and the newest backup of each drive (through its backing chain) with the
+ * drive. Every problem is a line of `failures` naming the file; a tool that cannot read a
+ * file is such a line too, never an exception.
  */
 export async function verifyChain(manifestPath: string, options: VerifyOptions = {}): Promise<VerifyReport> {
   const img = options.qemuImg ?? defaultQemuImg;
+  const call = callOptions(options);
   const manifest = await load(manifestPath);
   const report: VerifyReport = { ok: true, images: [], sources: [], failures: [] };
   const drives = manifest.drives.filter((d) => !options.nodes || options.nodes.includes(d.node));
   for (const drive of drives) {
+    const damaged = new Set<string>();
     for (const backup of drive.backups) {
       const file = resolveBackupFile(manifestPath, backup.file);
-      const checked = await img.check(file, { format: 'qcow2', ...callOptions(options) });
-      const verdict: ImageVerdict = { node: drive.node, file: backup.file, check: checked.status };
-      if (checked.status !== 'clean') report.failures.push(`${backup.file}: qemu-img check found the image ${checked.status}`);
+      // The digest and qemu-img check read the same file: run them side by side.
+      const [digest, check] = await Promise.all([
+        checkBackupFile(manifestPath, backup, call),
+        img.check(file, { format: 'qcow2', ...call }).then(
+          (c) => ({ status: c.status, failure: undefined as string | undefined }),
+          (error: unknown) => ({ status: 'unreadable' as const, failure: toolFailure(error) }),
+        ),
+      ]);
+      const verdict: ImageVerdict = {
+        node: drive.node,
+        file: backup.file,
+        check: digest.digest === 'missing' ? 'missing' : check.status,
+        digest: digest.digest,
+      };
+      if (digest.failure) report.failures.push(digest.failure);
+      if (digest.digest !== 'missing') {
+        if (check.status === 'unreadable') report.failures.push(`${backup.file}: qemu-img check cannot read it: ${check.failure ?? ''}`);
+        else if (check.status !== 'clean') report.failures.push(`${backup.file}: qemu-img check found the image ${check.status}`);
+      }
+      if (digest.failure || verdict.check !== 'clean') damaged.add(backup.file);
       const reference = options.references?.[backup.file];
-      if (reference !== undefined) {
-        const cmp = await img.compare(file, reference, { formatA: 'qcow2', ...callOptions(options) });
-        verdict.reference = { file: reference, identical: cmp.identical, message: cmp.message };
-        if (!cmp.identical) report.failures.push(`${backup.file} differs from ${reference}: ${cmp.message}`);
+      if (reference !== undefined && !damaged.has(backup.file)) {
+        try {
+          const cmp = await img.compare(file, reference, { formatA: 'qcow2', ...call });
+          verdict.reference = { file: reference, identical: cmp.identical, message: cmp.message };
+          if (!cmp.identical) report.failures.push(`${backup.file} differs from ${reference}: ${cmp.message}`);
+        } catch (error) {
+          report.failures.push(`${backup.file}: cannot be compared with ${reference}: ${toolFailure(error)}`);
+        }
       }
       report.images.push(verdict);
     }
     const source = options.sources?.[drive.node];
     const newest = drive.backups[drive.backups.length - 1];
     if (source !== undefined && newest) {
+      const broken = backupLineage(drive, newest).find((b) => damaged.has(b.file));
+      if (broken) {
+        report.failures.push(`${newest.file} was not compared with the drive ${source}: ${broken.file}, which it reads, failed`);
+        continue;
+      }
       const file = resolveBackupFile(manifestPath, newest.file);
-      const cmp = await img.compare(file, source, { formatA: 'qcow2', forceShare: true, ...callOptions(options) });
-      report.sources.push({ node: drive.node, file: newest.file, source, identical: cmp.identical, message: cmp.message });
-      if (!cmp.identical) report.failures.push(`${newest.file} differs from the drive ${source}: ${cmp.message}`);
+      try {
+        const cmp = await img.compare(file, source, { formatA: 'qcow2', forceShare: true, ...call });
+        report.sources.push({ node: drive.node, file: newest.file, source, identical: cmp.identical, message: cmp.message });
+        if (!cmp.identical) report.failures.push(`${newest.file} differs from the drive ${source}: ${cmp.message}`);
+      } catch (error) {
+        report.sources.push({ node: drive.node, file: newest.file, source, identical: false, message: toolFailure(error) });
+        report.failures.push(`${newest.file} cannot be compared with the drive ${source}: ${toolFailure(error)}`);
+      }
     }
   }
   report.ok = report.failures.length === 0;
@@ -99,6 +174,13 @@ export interface RestoreOptions extends CallOptions {
   format?: 'qcow2' | 'raw';
   /** Replace `output` if it exists. */
   overwrite?: boolean;
+  /**
+   * Check the digest of every file the restore reads before reading it (default true): a
+   * damaged file fails the restore with `VerifyError` naming it, before anything is written.
+   */
+  checkDigests?: boolean;
+  /** Mode of the restored image, whatever the umask (default 0o600). */
+  fileMode?: number;
   qemuImg?: QemuImg;
 }
 
@@ -126,11 +208,13 @@ export function pickDrive(manifestPath: string, manifest: Manifest, node: string
 
 /**
  * Flatten the chain of one drive up to a chosen backup into a standalone image (`qemu-img
- * convert` of that backup reads through its backing files). Written beside `output` first and
- * renamed, so a failed restore leaves no half image under the output name. Returns the output path.
+ * convert` of that backup reads through its backing files). Every file it reads is checked
+ * against its recorded digest first. Written beside `output` first and renamed, so a failed
+ * restore leaves no half image under the output name. Returns the output path.
  */
 export async function restoreChain(manifestPath: string, output: string, options: RestoreOptions = {}): Promise<string> {
   const img = options.qemuImg ?? defaultQemuImg;
+  const fileMode = checkFileMode(options.fileMode ?? DEFAULT_FILE_MODE);
   const manifest = await load(manifestPath);
   const drive = pickDrive(manifestPath, manifest, options.node);
   const backup = pickBackup(manifestPath, drive, options.upTo);
@@ -141,6 +225,15 @@ export async function restoreChain(manifestPath: string, output: string, options
     outputExists = false;
   }
   if (outputExists && options.overwrite !== true) throw new TargetExistsError(output);
+  if (options.checkDigests !== false) {
+    const lineage = backupLineage(drive, backup);
+    const last = lineage[lineage.length - 1];
+    const failures: string[] = [];
+    if (last && last.parent !== null) failures.push(`${last.file}: its parent ${last.parent} is not in the manifest`);
+    const checked = await Promise.all(lineage.map((b) => checkBackupFile(manifestPath, b, callOptions(options))));
+    for (const c of checked) if (c.failure) failures.push(c.failure);
+    if (failures.length > 0) throw new VerifyError(failures);
+  }
   const scratch = await mkdtemp(join(dirname(output), '.qmpkit-restore-'));
   try {
     const temp = join(scratch, 'image');
@@ -149,6 +242,7 @@ export async function restoreChain(manifestPath: string, output: string, options
       outputFormat: options.format ?? 'qcow2',
       ...callOptions(options),
     });
+    await restrictFile(temp, fileMode);
     await rename(temp, output);
   } finally {
     await rm(scratch, { recursive: true, force: true });

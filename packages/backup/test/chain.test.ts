@@ -2,10 +2,10 @@ import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { qemuImg } from '@qmpkit/image-tools';
 import type { QemuMachine } from '@qmpkit/machine';
 import {
+  BackupAbortedError,
   BackupChain,
   BackupJobError,
   ChainBrokenError,
-  JobTrackingError,
   NewFullBackupRequiredError,
   TargetExistsError,
   VerifyError,
@@ -20,6 +20,13 @@ import { DRIVE0_PATTERN, Scratch, WRITES_A, WRITES_B, addBlkdebugNode, hmpWrites
 
 async function reference(qmp: BackupQmp, device: string, target: string): Promise<void> {
   await (await startDriveBackup(qmp, { device, 'job-id': 'reference', sync: 'full', target, format: 'qcow2' })).expectCompleted();
+}
+
+/** The chain's own bitmap (named after the chain id since 0.2). */
+function bitmapOf(chain: BackupChain): string {
+  const name = chain.drive?.bitmap;
+  if (!name) throw new Error('the chain has no bitmap yet');
+  return name;
 }
 
 async function brokenReason(promise: Promise<unknown>): Promise<ChainBrokenReason | 'resolved' | 'other'> {
@@ -50,7 +57,7 @@ describe('BackupChain against QEMU', () => {
     const chain = await BackupChain.open({ qmp, dir, node: 'drive0', granularity: 65536 });
     const full = await chain.full();
     expect(full.backups[0]).toMatchObject({ kind: 'full', parent: null, bytes: 67108864, result: 'completed' });
-    expect(await getBitmap(qmp, 'drive0', 'qmpkit-backup')).toMatchObject({ count: 0, persistent: true, granularity: 65536 });
+    expect(await getBitmap(qmp, 'drive0', bitmapOf(chain))).toMatchObject({ count: 0, persistent: true, granularity: 65536 });
 
     const references: Record<string, string> = {};
     await hmpWrites(vm, 'drive0', WRITES_A);
@@ -65,7 +72,7 @@ describe('BackupChain against QEMU', () => {
     await reference(qmp, 'drive0', scratch.path('ref2.qcow2'));
     // A differential keeps the bitmap: the next incremental still covers WRITES_B.
     expect(diff.backups[0]).toMatchObject({ kind: 'differential', parent: inc1.backups[0]?.file, bytes: 1507328 });
-    expect((await getBitmap(qmp, 'drive0', 'qmpkit-backup')).count).toBe(1507328);
+    expect((await getBitmap(qmp, 'drive0', bitmapOf(chain))).count).toBe(1507328);
 
     await hmpWrites(vm, 'drive0', [[0x33, '40M', '128k']]);
     const inc2 = await chain.incremental();
@@ -103,23 +110,23 @@ describe('BackupChain against QEMU', () => {
     expect(await brokenReason(chain.incremental())).toBe('no-full-backup');
     const first = await chain.full();
 
-    await disableBitmap(qmp, 'drive0', 'qmpkit-backup');
+    await disableBitmap(qmp, 'drive0', bitmapOf(chain));
     expect(await brokenReason(chain.incremental())).toBe('bitmap-disabled');
 
-    await removeBitmap(qmp, 'drive0', 'qmpkit-backup');
+    await removeBitmap(qmp, 'drive0', bitmapOf(chain));
     const error = await chain.incremental().catch((e: unknown) => e);
     expect(ChainBrokenError.isInstance(error)).toBe(true);
     expect((error as NewFullBackupRequiredError).reason).toBe('bitmap-missing');
     expect((error as Error).message).toMatch(/new full backup is required/);
 
-    await addBitmap(qmp, { node: 'drive0', name: 'qmpkit-backup', granularity: 131072 });
+    await addBitmap(qmp, { node: 'drive0', name: bitmapOf(chain), granularity: 131072 });
     expect(await brokenReason(chain.incremental())).toBe('granularity-mismatch');
     expect(chain.backups).toHaveLength(1);
 
     const replaced = await chain.incremental({ fullIfBroken: true });
     expect(replaced.kind).toBe('full');
     expect(replaced.chainId).not.toBe(first.chainId);
-    expect(await getBitmap(qmp, 'drive0', 'qmpkit-backup')).toMatchObject({ granularity: 65536, count: 0 });
+    expect(await getBitmap(qmp, 'drive0', bitmapOf(chain))).toMatchObject({ granularity: 65536, count: 0 });
 
     await vm.qmp.execute('block_resize', { device: 'drive0', size: 32 * 1048576 });
     expect(await brokenReason(chain.incremental())).toBe('size-mismatch');
@@ -138,17 +145,20 @@ describe('BackupChain against QEMU', () => {
     await hmpWrites(vm, 'drive0', WRITES_A);
     await expect(chain.incremental()).rejects.toThrow(TargetExistsError);
     expect(await readFile(next, 'utf8')).toBe('not an image');
-    expect((await getBitmap(qmp, 'drive0', 'qmpkit-backup')).count).toBe(458752);
+    expect((await getBitmap(qmp, 'drive0', bitmapOf(chain))).count).toBe(458752);
     const inc = await chain.incremental({ overwrite: true });
     expect(inc.backups[0]?.file).toBe('drive0.' + full.chainId.slice(0, 8) + '.001.inc.qcow2');
     await vm.shutdown({ timeout: 10_000 });
     expect((await chain.verify({ sources: { drive0 } })).ok).toBe(true);
   });
 
-  it('refuses to continue a chain whose last run lost track of its job', async () => {
-    const chain = await BackupChain.open({ qmp, dir: scratch.path('backups'), node: 'drive0' });
+  it('cancels an aborted incremental, undoes it, and continues the chain (AbortSignal)', async () => {
+    const dir = scratch.path('backups');
+    const chain = await BackupChain.open({ qmp, dir, node: 'drive0' });
     await chain.full();
     await hmpWrites(vm, 'drive0', [[0x5a, '4M', '4M']]);
+    const before = await readFile(chain.manifestPath, 'utf8');
+    const filesBefore = (await readdir(dir)).sort();
     const controller = new AbortController();
     let jobId = '';
     const outcome = await chain
@@ -161,20 +171,34 @@ describe('BackupChain against QEMU', () => {
         },
       })
       .catch((e: unknown) => e);
-    expect(JobTrackingError.isInstance(outcome)).toBe(true);
-    expect(chain.manifest?.pending?.kind).toBe('incremental');
-    // The pending run is the one whose job was lost (job ids carry the run).
-    expect(jobId).toBe(`qmpkit-drive0-${chain.manifest?.pending?.run.slice(0, 8) ?? 'none'}`);
-    // The abandoned job was cancelled, and nothing of it is left listening.
+    expect(BackupAbortedError.isInstance(outcome)).toBe(true);
+    expect(jobId).toMatch(/^qmpkit-drive0-/);
+    // Nothing left in QEMU, nothing of the run on disk, the manifest as it was.
     expect(await vm.qmp.execute('query-jobs')).toEqual([]);
+    // and nothing of the cancelled job is still listening on the client.
     expect(vm.qmp.events.consumerCount).toBe(0);
-    const checks = await chain.check();
-    expect(checks[0]).toMatchObject({ ok: false, reason: 'interrupted' });
-    expect(await brokenReason(chain.incremental())).toBe('interrupted');
-    const fresh = await chain.incremental({ fullIfBroken: true });
-    expect(fresh.kind).toBe('full');
-    expect(chain.manifest?.pending).toBeUndefined();
-    expect((await chain.check())[0]?.ok).toBe(true);
+    expect(await readFile(chain.manifestPath, 'utf8')).toBe(before);
+    expect((await readdir(dir)).sort()).toEqual(filesBefore);
+    // QEMU merged the bitmap back: it still covers the writes, and the chain continues.
+    expect((await getBitmap(qmp, 'drive0', bitmapOf(chain))).count).toBe(4 * 1048576);
+    expect((await chain.check())[0]).toMatchObject({ ok: true });
+    const next = await chain.incremental();
+    expect(next.backups[0]).toMatchObject({ kind: 'incremental', bytes: 4 * 1048576 });
+    await vm.shutdown({ timeout: 10_000 });
+    expect((await chain.verify({ sources: { drive0 } })).ok).toBe(true);
+  });
+
+  it('a timeout cancels the run like an abort: nothing recorded, the next incremental covers everything', async () => {
+    const chain = await BackupChain.open({ qmp, dir: scratch.path('backups'), node: 'drive0' });
+    await chain.full();
+    await hmpWrites(vm, 'drive0', [[0x5a, '4M', '4M']]);
+    const before = await readFile(chain.manifestPath, 'utf8');
+    const outcome = await chain.incremental({ speed: 256 * 1024, timeout: 1500 }).catch((e: unknown) => e);
+    expect(BackupAbortedError.isInstance(outcome)).toBe(true);
+    expect((outcome as BackupAbortedError).reason).toBe('timeout');
+    expect(await readFile(chain.manifestPath, 'utf8')).toBe(before);
+    expect(await vm.qmp.execute('query-jobs')).toEqual([]);
+    expect((await chain.incremental()).backups[0]?.bytes).toBe(4 * 1048576);
   });
 
   it('covers writes past the old end of a drive that grew', async () => {
@@ -216,7 +240,7 @@ describe('BackupChain failures', () => {
     expect((error as BackupJobError).qemuError).toBe('Input/output error');
     expect(await readFile(chain.manifestPath, 'utf8')).toBe(before);
     expect((await readdir(dir)).sort()).toEqual(filesBefore);
-    expect((await getBitmap(qmp, 'drive0', 'qmpkit-backup')).count).toBe(458752);
+    expect((await getBitmap(qmp, 'drive0', bitmapOf(chain))).count).toBe(458752);
 
     await hmpWrites(vm, 'drive0', WRITES_B);
     const retry = await chain.incremental();

@@ -2,7 +2,9 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { qemuImg } from '@qmpkit/image-tools';
+import { readFile } from 'node:fs/promises';
 import { removeBitmap } from '../src/index.js';
+import type { Manifest } from '../src/index.js';
 import { DRIVE0_PATTERN, Scratch, WRITES_A, hmpWrites, qmpOf } from './helpers.js';
 
 // The CLI is tested as shipped: the built dist/cli.js (turbo builds before it tests).
@@ -84,7 +86,8 @@ describe('qmpkit-backup CLI against QEMU', () => {
     ]);
     const dir = scratch.path('backups');
     expect((await cli(['full', '--socket', socket, '--dir', dir, '--node', 'drive0'])).code).toBe(0);
-    await removeBitmap(qmpOf(vm), 'drive0', 'qmpkit-backup');
+    const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as Manifest;
+    await removeBitmap(qmpOf(vm), 'drive0', manifest.drives[0]?.bitmap ?? '');
 
     const status = await cli(['status', '--socket', socket, '--dir', dir]);
     expect(status.code).toBe(3);

@@ -1,12 +1,25 @@
 // Scratch directories, images and QEMU machines for the integration tests: everything
 // created here is removed by `cleanup()` (called from afterEach/afterAll), also on failure.
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { qemuImg, qemuIo } from '@qmpkit/image-tools';
-import { QemuMachine } from '@qmpkit/machine';
-import type { DriveOptions } from '@qmpkit/machine';
+import { QemuMachine, QemuStorageDaemon } from '@qmpkit/machine';
+import type { DriveOptions, QemuProcess, QemuStorageDaemonOptions } from '@qmpkit/machine';
 import { isJobEvent, type BackupJob, type BackupQmp } from '../src/index.js';
+import type { JobInfo } from '../src/qapi.js';
+
+/** The CLI as shipped: the built dist/cli.js (turbo builds before it tests). */
+export const CLI = join(__dirname, '..', 'dist', 'cli.js');
+
+export interface CliRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
 
 export type Pattern = readonly [pattern: number, offset: string | number, length: string | number];
 
@@ -33,7 +46,8 @@ export const WRITES_B: readonly Pattern[] = [
 ];
 
 export class Scratch {
-  readonly machines: QemuMachine[] = [];
+  readonly machines: QemuProcess[] = [];
+  readonly processes: ChildProcess[] = [];
   dir = '';
 
   async init(): Promise<this> {
@@ -61,7 +75,46 @@ export class Scratch {
     return vm;
   }
 
+  /** A qemu-storage-daemon (no HMP), stopped in `cleanup()`. */
+  async storageDaemon(options: QemuStorageDaemonOptions): Promise<QemuStorageDaemon> {
+    const qsd = new QemuStorageDaemon(options);
+    this.machines.push(qsd);
+    await qsd.launch({ timeout: 20_000 });
+    return qsd;
+  }
+
+  /**
+   * Start the CLI; `umask` runs it under that umask (through sh). The process is killed in
+   * `cleanup()` if it is still running.
+   */
+  cli(
+    args: readonly string[],
+    options: { umask?: number; timeout?: number } = {},
+  ): { child: ChildProcess; done: Promise<CliRun>; stderrSoFar: () => string } {
+    const argv =
+      options.umask === undefined
+        ? [process.execPath, CLI, ...args]
+        : ['/bin/sh', '-c', `umask ${options.umask.toString(8).padStart(3, '0')} && exec "$0" "$@"`, process.execPath, CLI, ...args];
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.processes.push(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeout ?? 90_000);
+    const done = new Promise<CliRun>((resolve) => {
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code, signal, stdout, stderr });
+      });
+    });
+    return { child, done, stderrSoFar: () => stderr };
+  }
+
   async cleanup(): Promise<void> {
+    for (const child of this.processes.splice(0)) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
     for (const vm of this.machines.splice(0)) {
       await vm.shutdown({ timeout: 10_000 }).catch(() => vm.kill());
     }
@@ -114,4 +167,43 @@ export function expectJobsSawAllTheirEvents(vm: QemuMachine, jobs: readonly Back
     expect(job.events[job.events.length - 1]).toMatchObject({ event: 'JOB_STATUS_CHANGE', data: { status: 'null' } });
   }
   expect(vm.qmp.events.consumerCount).toBe(0);
+}
+
+/** Poll `query-jobs` until a job matches (every 20 ms, up to `timeout` ms). */
+export async function waitForJob(
+  vm: QemuMachine,
+  match: (job: JobInfo) => boolean,
+  timeout = 30_000,
+): Promise<JobInfo> {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const jobs = (await vm.qmp.execute('query-jobs')) as JobInfo[];
+    const found = jobs.find(match);
+    if (found) return found;
+    if (Date.now() > deadline) throw new Error(`no matching job within ${timeout} ms (jobs: ${JSON.stringify(jobs)})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A machine with a drive and a second QMP socket for the CLI. */
+export async function launchWithSocket(
+  scratch: Scratch,
+  drive: string,
+  options: { nodeName?: string } = {},
+): Promise<{ vm: QemuMachine; socket: string }> {
+  const socket = scratch.path(`qmp-${scratch.machines.length}.sock`);
+  const vm = await scratch.launch([{ file: drive, format: 'qcow2', id: 'drive0', nodeName: options.nodeName ?? 'node0' }], [
+    '-qmp',
+    `unix:${socket},server=on,wait=off`,
+  ]);
+  return { vm, socket };
+}
+
+/** Wait (polling every 20 ms, up to `timeout` ms) until `read()` matches. */
+export async function waitForText(read: () => string, pattern: RegExp, timeout = 30_000): Promise<void> {
+  const deadline = Date.now() + timeout;
+  while (!pattern.test(read())) {
+    if (Date.now() > deadline) throw new Error(`no ${String(pattern)} within ${timeout} ms in: ${read()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
