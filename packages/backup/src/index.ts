@@ -2,6 +2,8 @@ export {
   BackupError,
   BackupJobError,
   BitmapNotFoundError,
+  BlockDriverUnavailableError,
+  BlockdevCreateError,
   ChainBrokenError,
   InvalidGranularityError,
   InvalidTransactionError,
@@ -20,7 +22,9 @@ export type {
   BlockDirtyBitmapAdd,
   BlockDirtyBitmapOrStr,
   BlockdevBackup,
+  BlockdevCreateOptions,
   BlockdevOnError,
+  BlockdevOptions,
   DriveBackup,
   JobStatus,
   MirrorSyncMode,
@@ -45,7 +49,9 @@ export {
 } from './bitmaps.js';
 export type { AddBitmapOptions, BitmapStatus, ResolvedNode } from './bitmaps.js';
 export { BackupJob, isJobEvent, startBlockdevBackup, startDriveBackup } from './job.js';
-export type { BackupJobOptions, BlockJobErrorInfo, JobEndStatus, JobProgress, JobResult } from './job.js';
+export type { BackupJobOptions, BlockJobErrorInfo, JobCancelOptions, JobEndStatus, JobProgress, JobResult } from './job.js';
+export { addNode, createTargetNode, removeNode, runBlockdevCreate } from './nodes.js';
+export type { TargetNodeOptions } from './nodes.js';
 export { Transaction } from './transaction.js';
 export type { CompletionMode, TransactionRun } from './transaction.js';
 export { BackupChain, BackupChainGroup, DEFAULT_BITMAP } from './chain.js';
