@@ -87,6 +87,47 @@ export class ImageTemplates implements TemplateSource {
   }
 }
 
+/** What a shared fixture is made with: the run's directory and signal, the tools. */
+export interface FixtureScope {
+  runDir: string;
+  /** Aborts when the run is interrupted or ends: a fixture kills what it started then. */
+  signal: AbortSignal;
+  tools: SuiteTools;
+  observer: MachineObserver;
+}
+
+/** Something the cases of a run share, e.g. one QEMU for a table of refused commands. */
+export interface SharedFixture<T> {
+  value: T;
+  /** Graceful release at the end of the run. */
+  dispose(): Promise<void>;
+}
+
+/**
+ * Fixtures made once per run on first use and released when the run ends (`disposeAll`), or
+ * killed through the run signal when it is interrupted. A case that fails leaves them to the
+ * others: a fixture must not be changed by a case.
+ */
+export class RunFixtures {
+  readonly #made = new Map<string, Promise<SharedFixture<unknown>>>();
+
+  get<T>(key: string, create: (scope: FixtureScope) => Promise<SharedFixture<T>>, scope: FixtureScope): Promise<T> {
+    let made = this.#made.get(key);
+    if (made === undefined) {
+      made = create(scope);
+      made.catch(() => undefined);
+      this.#made.set(key, made);
+    }
+    return made.then((f) => f.value as T);
+  }
+
+  async disposeAll(): Promise<void> {
+    const made = [...this.#made.values()];
+    this.#made.clear();
+    await Promise.allSettled(made.map(async (f) => (await f).dispose()));
+  }
+}
+
 function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
@@ -115,6 +156,7 @@ export class CaseContext {
   readonly #templates: TemplateSource;
   readonly #observer: MachineObserver;
   readonly #checks: Readonly<Record<string, CheckDefinition>>;
+  readonly #fixtures: RunFixtures;
   #machines = 0;
 
   constructor(
@@ -123,6 +165,7 @@ export class CaseContext {
     templates: TemplateSource,
     observer: MachineObserver,
     checks: Readonly<Record<string, CheckDefinition>>,
+    fixtures: RunFixtures = new RunFixtures(),
   ) {
     this.id = scope.id;
     this.dir = scope.dir;
@@ -132,6 +175,18 @@ export class CaseContext {
     this.#templates = templates;
     this.#observer = observer;
     this.#checks = checks;
+    this.#fixtures = fixtures;
+  }
+
+  /** The run's fixture `key`, made by `create` for the first case that asks (see `RunFixtures`). */
+  shared<T>(key: string, create: (scope: FixtureScope) => Promise<SharedFixture<T>>): Promise<T> {
+    const scope: FixtureScope = {
+      runDir: this.#scope.runDir,
+      signal: this.#scope.runSignal,
+      tools: this.tools,
+      observer: this.#observer,
+    };
+    return abortable(this.#fixtures.get(key, create, scope), this.signal);
   }
 
   get qemuImg(): QemuImg {
