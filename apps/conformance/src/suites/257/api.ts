@@ -51,7 +51,7 @@ export function apiCaseId(row: ApiRow): string {
  * QEMU's reason for refusing a row (QMP error class GenericError for all of them), in the
  * order QEMU checks: a bitmap for the bitmap sync modes, 'incremental' only with 'on-success',
  * the bitmap exists, a bitmap needs a bitmap mode, 'none' makes no bitmap, 'never' is pointless
- * for a full copy, a bitmap mode needs a bitmap. Unchanged in QEMU 7.2 .. 11.
+ * for a full copy ('full', 'top'), a bitmap mode needs a bitmap. Unchanged in QEMU 7.2 .. 11.
  */
 export function expectedRefusal(row: ApiRow, _version: QemuVersion): string {
   const { sync, bitmap, mode } = row;
@@ -66,7 +66,7 @@ export function expectedRefusal(row: ApiRow, _version: QemuVersion): string {
     return 'Bitmap sync mode must be given when providing a bitmap';
   }
   if (bitmap !== undefined && sync === 'none') return "sync mode 'none' does not produce meaningful bitmap outputs";
-  if (bitmap !== undefined && mode === 'never') {
+  if (bitmap !== undefined && mode === 'never' && (sync === 'full' || sync === 'top')) {
     return `Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '${sync}'`;
   }
   if (bitmap === undefined && mode !== undefined) return 'Cannot specify bitmap sync mode without a bitmap';
