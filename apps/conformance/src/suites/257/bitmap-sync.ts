@@ -20,7 +20,7 @@ import { expectEqual } from '../../assert.js';
 import type { CaseContext } from '../../context.js';
 import { CaseAssertionError } from '../../errors.js';
 import type { CaseDefinition } from '../../runner.js';
-import { pendingListing, bitmap0, versionText, type BitmapListing, type ListedBitmap, type QemuVersion } from './expectations.js';
+import { atLeast, pendingListing, bitmap0, versionText, type BitmapListing, type ListedBitmap, type QemuVersion } from './expectations.js';
 import { BitmapModel, CLUSTERS, GRANULARITY, SIZE, WRITE_GROUPS, groupClusters, writeCommand } from './model.js';
 
 // The 21 bitmap-sync scenarios of iotest 257. Each one: a drive with four clusters written, a
@@ -48,18 +48,28 @@ const DRIVE = 'drive0';
 const FILTER = 'backup-top';
 
 /**
- * blkdebug for the 'intermediate' failure: a flush moves state 1 -> 2, the next read 2 -> 3 (that
- * read succeeds: one cluster is copied), and the read after it fails once with EIO.
+ * blkdebug for the 'intermediate' failure: the flush just before test backup #1 arms it (state
+ * 1 -> 2), the job's first read moves it on (2 -> 3; that read succeeds: one cluster is copied),
+ * and the read after it fails once with EIO.
+ *
+ * QEMU 11 flushes a backup's source when the job ends (10.0 and 7.2 do not): the end of
+ * reference backup #0 and of #1 each flush drive0, and the explicit flush before test backup #1
+ * then has nothing left to flush (no flush_to_disk). On QEMU 11 blkdebug therefore counts the
+ * flush ending reference #0 (1 -> 2) and is armed by the one ending reference #1 (2 -> 3), right
+ * before test backup #1 as the reference intends. Were those flushes missing on 11, blkdebug
+ * would never be armed, test backup #1 would not fail, and the case would fail.
  */
-function blkdebugOver(filename: string): BlockdevOptions {
+function blkdebugOver(filename: string, version: QemuVersion): BlockdevOptions {
+  const flushesFirst = atLeast(version, 11) ? 1 : 0;
+  const armed = 2 + flushesFirst;
   return {
     driver: 'blkdebug',
     image: { driver: 'file', filename },
     'set-state': [
-      { event: 'flush_to_disk', state: 1, new_state: 2 },
-      { event: 'read_aio', state: 2, new_state: 3 },
+      ...Array.from({ length: flushesFirst + 1 }, (_, i) => ({ event: 'flush_to_disk' as const, state: 1 + i, new_state: 2 + i })),
+      { event: 'read_aio', state: armed, new_state: armed + 1 },
     ],
-    'inject-error': [{ event: 'read_aio', errno: 5, state: 3, immediately: false, once: true }],
+    'inject-error': [{ event: 'read_aio', errno: 5, state: armed + 1, immediately: false, once: true }],
   };
 }
 
@@ -119,7 +129,7 @@ class BitmapSyncScenario {
     try {
       await addNode(
         this.vm.qmp,
-        { driver: 'qcow2', 'node-name': DRIVE, file: this.params.failure === 'intermediate' ? blkdebugOver(img) : file },
+        { driver: 'qcow2', 'node-name': DRIVE, file: this.params.failure === 'intermediate' ? blkdebugOver(img, this.version) : file },
         this.call,
       );
     } catch (error) {
@@ -262,7 +272,14 @@ class BitmapSyncScenario {
     // 'full' counts the unallocated clusters it skips as done: its offset is where the failing
     // read was, the second allocated cluster. The others copy only what they need: one cluster.
     const offset = sync === 'full' ? (data[1] ?? CLUSTERS) * GRANULARITY : GRANULARITY;
-    expectJob(job, await job.result, 'failed', [
+    // A job that does not fail waits in 'pending' (auto-finalize off): stop it and say so.
+    const ended = await Promise.race([job.result, job.waitForStatus('pending', this.call).then(() => 'pending' as const)]);
+    if (ended === 'pending') {
+      await job.cancel({ force: true, ...this.call });
+      await job.result;
+      throw new CaseAssertionError(`test backup #1 fails on the injected read error (QEMU ${versionText(this.version)})`, 'failed', 'copied everything (pending)');
+    }
+    expectJob(job, ended, 'failed', [
       { event: 'BLOCK_JOB_ERROR', data: { device: job.id, action: 'report', operation: 'read' } },
       { event: 'BLOCK_JOB_COMPLETED', data: { device: job.id, len, offset, speed: 0, type: 'backup', error: EIO } },
     ]);
