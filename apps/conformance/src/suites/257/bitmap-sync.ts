@@ -104,6 +104,8 @@ class BitmapSyncScenario {
   readonly model = new BitmapModel();
   /** Clusters holding data (what sync 'top' copies and sync 'full' reads). */
   readonly allocated = new Set<number>();
+  /** The clusters each test backup must hold data for (its own layer, without a backing file). */
+  readonly copied = new Map<'bsync1' | 'bsync2', number[]>();
   version: QemuVersion = { major: 0, minor: 0, micro: 0 };
 
   constructor(ctx: CaseContext, params: ScenarioParams) {
@@ -174,6 +176,16 @@ class BitmapSyncScenario {
     expectJob(job, result, 'completed', [completed(job.id, SIZE, SIZE)]);
   }
 
+  /** Clusters a backup copies data for: those of its work list that hold data on drive0. */
+  dataClusters(work: Iterable<number>): number[] {
+    return [...work].filter((c) => this.allocated.has(c)).sort((a, b) => a - b);
+  }
+
+  /** Test backup #1's: the bitmap's clusters, or (top, full) every allocated one. */
+  firstBackupClusters(): number[] {
+    return this.dataClusters(this.params.sync === 'bitmap' ? this.model.bits : this.allocated);
+  }
+
   /** Bytes test backup #1 has to copy: the bitmap, the allocated clusters, or the whole drive. */
   firstBackupLength(): number {
     if (this.params.sync === 'full') return SIZE;
@@ -202,6 +214,10 @@ class BitmapSyncScenario {
       await this.vm.hmpQemuIo(DRIVE, 'flush', this.call);
     }
     const len1 = this.firstBackupLength();
+    // Clusters without data are not copied as data (they are written as zeroes, if at all); a
+    // job failing at its second read has copied its first cluster only.
+    const clusters1 = this.firstBackupClusters();
+    this.copied.set('bsync1', failure === 'intermediate' ? clusters1.slice(0, 1) : clusters1);
     const job1 = await this.startBackup('bsync1', 'backup_target_1', {
       'job-id': 'backup_1',
       sync,
@@ -222,6 +238,7 @@ class BitmapSyncScenario {
     this.expectBitmap0('after write #3', afterWrite3);
     await this.referenceBackup(2);
     const len2 = this.model.bytes;
+    this.copied.set('bsync2', this.dataClusters(this.model.bits));
     const job2 = await this.startBackup('bsync2', 'backup_target_2', {
       'job-id': 'backup_2',
       sync: 'bitmap',
@@ -297,6 +314,21 @@ class BitmapSyncScenario {
     }
   }
 
+  /**
+   * Which clusters a test backup holds data for, in its own layer (`qemu-img map`, depth 0):
+   * exactly those the job had to copy. A stronger check than the comparisons, which would not
+   * see a backup that copied more than it had to.
+   */
+  async checkClusters(image: 'bsync1' | 'bsync2'): Promise<void> {
+    const entries = await this.ctx.qemuImg.map(this.file(image), { format: 'qcow2', signal: this.ctx.signal });
+    const held: number[] = [];
+    for (const e of entries) {
+      if (e.depth !== 0 || !e.data) continue;
+      for (let c = Math.floor(e.start / GRANULARITY); c <= Math.floor((e.start + e.length - 1) / GRANULARITY); c++) held.push(c);
+    }
+    expectEqual(`clusters with data in ${image} (its own layer)`, this.copied.get(image) ?? [], held);
+  }
+
   /** The reference's verification: rebase each test backup onto its base, then compare. */
   async verify(): Promise<void> {
     const { bitmapMode, failure } = this.params;
@@ -318,7 +350,11 @@ class BitmapSyncScenario {
       ['bsync2', 'fbackup2', true],
       ['img', 'fbackup2', true],
     ];
-    const results = await Promise.all(checks.map(([a, b]) => this.ctx.compare(this.file(a), this.file(b))));
+    const [results] = await Promise.all([
+      Promise.all(checks.map(([a, b]) => this.ctx.compare(this.file(a), this.file(b)))),
+      this.checkClusters('bsync1'),
+      this.checkClusters('bsync2'),
+    ]);
     checks.forEach(([a, b, identical], i) => {
       const result = results[i];
       if (result === undefined || result.identical !== identical) {
