@@ -51,8 +51,9 @@ Options:
   --qemu-img PATH       qemu-img binary (default: $QEMU_IMG or qemu-img on PATH)
   --qemu-io PATH        qemu-io binary (default: $QEMU_IO or qemu-io on PATH)
   --keep-artifacts      keep the images and QEMU log of failed cases (their path is printed)
-  --compare-with WHO    who decides image comparisons: both (default: the SDK's in-process
-                        reader and qemu-img compare, which must agree), in-process or qemu-img
+  --compare-with WHO    who decides image comparisons (and suite 257's maps): both (default:
+                        the SDK's in-process reader and qemu-img, which must agree),
+                        in-process or qemu-img
   --timeout SECONDS     limit per case (default: ${DEFAULT_TIMEOUT_S})
   --list                print the case ids and exit
   -h, --help            print this help and exit
