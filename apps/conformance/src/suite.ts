@@ -8,7 +8,7 @@ import { imageTemplates } from './cases/scenario.js';
 import { CaseContext, ImageTemplates, makeTools, RunFixtures, type SuiteTools } from './context.js';
 import type { CheckDefinition } from './checks.js';
 import { SUITE_IDS, type BinaryOptions, type CompareEngine, type SuiteId } from './options.js';
-import { suite257Cases, suite257Fixtures } from './suites/257/index.js';
+import { IOTEST_257_CHECKS, suite257Cases, suite257Fixtures } from './suites/257/index.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
 import { summarize } from './reporters.js';
 import { runCases, type CaseDefinition, type CaseResult } from './runner.js';
@@ -23,6 +23,12 @@ export const suites: Readonly<Record<SuiteId, ReadonlyArray<CaseDefinition<CaseC
 export const conformanceCases: ReadonlyArray<CaseDefinition<CaseContext>> = SUITE_IDS.flatMap((id) => suites[id]);
 
 export const caseIds: readonly string[] = conformanceCases.map((c) => c.id);
+
+/** Each suite's catalogue of named checks (names are unique across suites). */
+export const suiteChecks: Readonly<Record<SuiteId, Readonly<Record<string, CheckDefinition>>>> = {
+  '124': IOTEST_124_CHECKS,
+  '257': IOTEST_257_CHECKS,
+};
 
 /** The suite a case id belongs to (257's ids start with `257.`; 124's are the reference's names). */
 export function suiteOf(id: string): SuiteId {
@@ -114,7 +120,7 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
   const ids = selected.map((c) => c.id);
   const run = await runCases<CaseContext>({
     cases: selected,
-    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }, IOTEST_124_CHECKS, fixtures),
+    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }, suiteChecks[suiteOf(scope.id)], fixtures),
     // The 124 cases start from drive0, the transaction cases also from drive1; the 257 API rows
     // share one QEMU. Built while the first machines start, so no case waits for them.
     onRunStart: (runDir, signal) => {
@@ -142,6 +148,7 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
     qemu: { version, binaries: described },
     cases: run.cases.map((c) => ({ ...c, suite: suiteOf(c.id) })),
     summary: summarize(run.cases, run.wallMs),
-    checks: IOTEST_124_CHECKS,
+    // The catalogues of the suites that ran.
+    checks: Object.assign({}, ...[...wanted].map((suite) => suiteChecks[suite])) as Record<string, CheckDefinition>,
   };
 }

@@ -130,23 +130,25 @@ async function refusedCall(ctx: CaseContext, row: ApiRow): Promise<void> {
     ...(row.mode === undefined ? {} : { 'bitmap-mode': row.mode }),
   };
   const check = `blockdev-backup ${JSON.stringify({ sync: row.sync, bitmap: row.bitmap ?? null, 'bitmap-mode': row.mode ?? null })} (QEMU ${versionText(version)})`;
-  let job;
-  try {
-    job = await startBlockdevBackup(vm.qmp, args, { signal: ctx.signal });
-  } catch (error) {
-    if (QmpCommandError.isInstance(error)) {
-      const got = { class: error.errorClass, desc: error.desc };
-      if (got.class !== 'GenericError' || got.desc !== expected) {
-        throw new CaseAssertionError(`${check}: QEMU's error`, { class: 'GenericError', desc: expected }, got, { cause: error });
+  await ctx.checking('qmp-refusal', async () => {
+    let job;
+    try {
+      job = await startBlockdevBackup(vm.qmp, args, { signal: ctx.signal });
+    } catch (error) {
+      if (QmpCommandError.isInstance(error)) {
+        const got = { class: error.errorClass, desc: error.desc };
+        if (got.class !== 'GenericError' || got.desc !== expected) {
+          throw new CaseAssertionError(`${check}: QEMU's error`, { class: 'GenericError', desc: expected }, got, { cause: error });
+        }
+        return;
       }
-      return;
+      throw error;
     }
-    throw error;
-  }
-  // QEMU accepted it: stop the job so the rows after this one see the machine as it was.
-  await job.cancel({ force: true, signal: ctx.signal }).catch(() => undefined);
-  await job.result.catch(() => undefined);
-  throw new CaseAssertionError(`${check} is refused`, { class: 'GenericError', desc: expected }, 'a job was started');
+    // QEMU accepted it: stop the job so the rows after this one see the machine as it was.
+    await job.cancel({ force: true, signal: ctx.signal }).catch(() => undefined);
+    await job.result.catch(() => undefined);
+    throw new CaseAssertionError(`${check} is refused`, { class: 'GenericError', desc: expected }, 'a job was started');
+  });
 }
 
 export const apiCases: ReadonlyArray<CaseDefinition<CaseContext>> = API_ROWS.map((row) => ({

@@ -152,13 +152,24 @@ class BitmapSyncScenario {
     return listing(await listBitmaps(this.vm.qmp, undefined, this.call));
   }
 
-  expectListing(when: string, expected: BitmapListing, actual: BitmapListing): void {
-    expectEqual(`bitmaps of every node ${when} (QEMU ${versionText(this.version)})`, expected, actual);
+  expectListing(when: string, expected: BitmapListing, actual: BitmapListing): Promise<void> {
+    return this.ctx.checking('bitmap-listing', () =>
+      expectEqual(`bitmaps of every node ${when} (QEMU ${versionText(this.version)})`, expected, actual),
+    );
   }
 
   /** bitmap0 alone, as the model says it should be. */
-  expectBitmap0(when: string, actual: BitmapListing): void {
-    this.expectListing(when, { [DRIVE]: [bitmap0(this.model.bytes)] }, actual);
+  expectBitmap0(when: string, actual: BitmapListing): Promise<void> {
+    return this.expectListing(when, { [DRIVE]: [bitmap0(this.model.bytes)] }, actual);
+  }
+
+  /** The job ended as expected and sent exactly these BLOCK_JOB_* events, in this order. */
+  async expectJob(job: BackupJob, result: JobResult, status: JobResult['status'], events: JobEvent[]): Promise<void> {
+    const seen = job.events
+      .filter((e) => e.event.startsWith('BLOCK_JOB_'))
+      .map((e) => ({ event: e.event, data: e.data as Record<string, unknown> }));
+    await this.ctx.checking('job-events', () => expectEqual(`BLOCK_JOB_* events of job ${job.id}`, events, seen));
+    await this.ctx.checking('job-outcome', () => expectEqual(`end of job ${job.id}`, status, result.status));
   }
 
   /** A new target node `<kind>_target_<n>` on a fresh image file, then blockdev-backup into it. */
@@ -174,7 +185,7 @@ class BitmapSyncScenario {
   async referenceBackup(n: number): Promise<void> {
     const job = await this.startBackup(`fbackup${n}`, `ref_target_${n}`, { 'job-id': `ref_backup_${n}`, sync: 'full' });
     const result = await job.result;
-    expectJob(job, result, 'completed', [completed(job.id, SIZE, SIZE)]);
+    await this.expectJob(job, result, 'completed', [completed(job.id, SIZE, SIZE)]);
   }
 
   /** Clusters a backup copies data for: those of its work list that hold data on drive0. */
@@ -199,14 +210,14 @@ class BitmapSyncScenario {
     await this.prepare();
 
     // 0: writes and the first reference; no bitmap anywhere yet.
-    this.expectListing('after write #0', {}, await this.writeGroup(0));
+    await this.expectListing('after write #0', {}, await this.writeGroup(0));
     await this.referenceBackup(0);
     await addBitmap(this.vm.qmp, { node: DRIVE, name: 'bitmap0', granularity: GRANULARITY }, this.call);
 
     // 1: writes, bitmap0 records them; second reference.
     const afterWrite1 = await this.writeGroup(1);
     this.model.dirtyGroup(1);
-    this.expectBitmap0('after write #1', afterWrite1);
+    await this.expectBitmap0('after write #1', afterWrite1);
     await this.referenceBackup(1);
 
     // Test backup #1, optionally failing.
@@ -231,12 +242,12 @@ class BitmapSyncScenario {
     } else {
       await this.pendingFirstBackup(job1, len1);
     }
-    this.expectBitmap0('after test backup #1', await this.bitmaps());
+    await this.expectBitmap0('after test backup #1', await this.bitmaps());
 
     // 2: more writes, third reference, then test backup #2 through bitmap0 (the recovery).
     const afterWrite3 = await this.writeGroup(3);
     this.model.dirtyGroup(3);
-    this.expectBitmap0('after write #3', afterWrite3);
+    await this.expectBitmap0('after write #3', afterWrite3);
     await this.referenceBackup(2);
     const len2 = this.model.bytes;
     this.copied.set('bsync2', this.dataClusters(this.model.bits));
@@ -249,12 +260,12 @@ class BitmapSyncScenario {
     });
     await job2.waitForStatus('pending', this.call);
     await job2.finalize(this.call);
-    expectJob(job2, await job2.result, 'completed', [pending(job2.id), completed(job2.id, len2, len2)]);
+    await this.expectJob(job2, await job2.result, 'completed', [pending(job2.id), completed(job2.id, len2, len2)]);
     if (bitmapMode !== 'never') this.model.clear();
-    this.expectBitmap0('after test backup #2', await this.bitmaps());
+    await this.expectBitmap0('after test backup #2', await this.bitmaps());
 
     await removeBitmap(this.vm.qmp, DRIVE, 'bitmap0', this.call);
-    this.expectListing('after removing bitmap0', {}, await this.bitmaps());
+    await this.expectListing('after removing bitmap0', {}, await this.bitmaps());
     await this.vm.shutdown({ timeout: 10_000 });
 
     await this.verify();
@@ -267,7 +278,7 @@ class BitmapSyncScenario {
     const during = await this.writeGroup(2, FILTER);
     const written = groupClusters(2).size;
     // bitmap0 is frozen while the job runs; the job's own bitmap on drive0 records group 2.
-    this.expectListing('while test backup #1 waits to be finalized', pendingListing(this.version, this.model.bytes, written), during);
+    await this.expectListing('while test backup #1 waits to be finalized', pendingListing(this.version, this.model.bytes, written), during);
 
     // What bitmap0 holds once the job ends: on success (on-success) or always (always) it is
     // synchronised to what was copied, i.e. cleared; then group 2's writes are merged back.
@@ -276,10 +287,10 @@ class BitmapSyncScenario {
 
     if (failure === 'simulated') {
       await job.cancel(this.call);
-      expectJob(job, await job.result, 'cancelled', [pending(job.id), cancelled(job.id, len, len)]);
+      await this.expectJob(job, await job.result, 'cancelled', [pending(job.id), cancelled(job.id, len, len)]);
     } else {
       await job.finalize(this.call);
-      expectJob(job, await job.result, 'completed', [pending(job.id), completed(job.id, len, len)]);
+      await this.expectJob(job, await job.result, 'completed', [pending(job.id), completed(job.id, len, len)]);
     }
   }
 
@@ -297,7 +308,7 @@ class BitmapSyncScenario {
       await job.result;
       throw new CaseAssertionError(`test backup #1 fails on the injected read error (QEMU ${versionText(this.version)})`, 'failed', 'copied everything (pending)');
     }
-    expectJob(job, ended, 'failed', [
+    await this.expectJob(job, ended, 'failed', [
       { event: 'BLOCK_JOB_ERROR', data: { device: job.id, action: 'report', operation: 'read' } },
       { event: 'BLOCK_JOB_COMPLETED', data: { device: job.id, len, offset, speed: 0, type: 'backup', error: EIO } },
     ]);
@@ -327,7 +338,9 @@ class BitmapSyncScenario {
       if (e.depth !== 0) continue;
       for (let c = Math.floor(e.start / GRANULARITY); c <= Math.floor((e.start + e.length - 1) / GRANULARITY); c++) held.push(c);
     }
-    expectEqual(`clusters with data in ${image} (its own layer)`, this.copied.get(image) ?? [], held);
+    await this.ctx.checking('backup-clusters', () =>
+      expectEqual(`clusters with data in ${image} (its own layer)`, this.copied.get(image) ?? [], held),
+    );
   }
 
   /** The reference's verification: rebase each test backup onto its base, then compare. */
@@ -346,22 +359,35 @@ class BitmapSyncScenario {
       ['bsync2', 'fbackup2', true],
       ['img', 'fbackup2', true],
     ];
+    // Negative control: the same comparison must be able to say "different", and where: the
+    // drive gained data after reference #1 first at cluster 1 (write #2's 0x74 at 0x10000).
+    const control = this.ctx.compare(this.file('img'), this.file('fbackup1'));
+    control.catch(() => undefined);
     const [results] = await Promise.all([
       Promise.all(checks.map(([a, b]) => this.ctx.compare(this.file(a), this.file(b)))),
       this.checkClusters('bsync1'),
       this.checkClusters('bsync2'),
     ]);
-    checks.forEach(([a, b, identical], i) => {
+    for (const [i, [a, b, identical]] of checks.entries()) {
       const result = results[i];
-      if (result === undefined || result.identical !== identical) {
-        throw new CaseAssertionError(
-          `qemu-img compare ${a} ${b}`,
-          identical ? 'identical' : 'mismatch',
-          result?.identical ? 'identical' : 'mismatch',
-          result ? { detail: result.message } : {},
-        );
-      }
-    });
+      await this.ctx.checking('backup-compare', () => {
+        if (result === undefined || result.identical !== identical) {
+          throw new CaseAssertionError(
+            `qemu-img compare ${a} ${b}`,
+            identical ? 'identical' : 'mismatch',
+            result?.identical ? 'identical' : 'mismatch',
+            result ? { detail: result.message } : {},
+          );
+        }
+      });
+    }
+    const differs = await control;
+    await this.ctx.checking('backup-differs', () =>
+      expectEqual('negative control: qemu-img compare img fbackup1', { identical: false, message: `Content mismatch at offset ${GRANULARITY}!` }, {
+        identical: differs.identical,
+        message: differs.message,
+      }),
+    );
   }
 }
 
@@ -374,15 +400,6 @@ const cancelled = (device: string, len: number, offset: number): JobEvent => ({
   event: 'BLOCK_JOB_CANCELLED',
   data: { device, len, offset, speed: 0, type: 'backup' },
 });
-
-/** The job ended as expected and sent exactly these BLOCK_JOB_* events, in this order. */
-function expectJob(job: BackupJob, result: JobResult, status: JobResult['status'], events: JobEvent[]): void {
-  const seen = job.events
-    .filter((e) => e.event.startsWith('BLOCK_JOB_'))
-    .map((e) => ({ event: e.event, data: e.data as Record<string, unknown> }));
-  expectEqual(`BLOCK_JOB_* events of job ${job.id}`, events, seen);
-  expectEqual(`end of job ${job.id}`, status, result.status);
-}
 
 export function caseId(p: ScenarioParams): string {
   return `257.${p.sync}.${p.bitmapMode}.${p.failure === 'none' ? 'no-failure' : p.failure}`;

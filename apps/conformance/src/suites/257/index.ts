@@ -2,6 +2,7 @@ import type { CaseContext } from '../../context.js';
 import type { CaseDefinition } from '../../runner.js';
 import { apiCases, launchApiMachine, API_MACHINE } from './api.js';
 import { bitmapSyncCases } from './bitmap-sync.js';
+export { IOTEST_257_CHECKS } from './checks.js';
 
 /** iotest 257: the 21 bitmap-sync scenarios, then the 48 rows of the API failure table. */
 export const suite257Cases: ReadonlyArray<CaseDefinition<CaseContext>> = [...bitmapSyncCases, ...apiCases];
