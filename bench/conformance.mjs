@@ -1,42 +1,63 @@
 #!/usr/bin/env node
-// Wall time of the whole conformance suite (QEMU's iotest 124 on the SDK), as a user runs it.
+// Wall time of the conformance suites (QEMU's iotests 124 and 257 on the SDK), as a user runs them.
 //
-// Runs `node apps/conformance/dist/cli.js` RUNS times (default 5) with its defaults (jobs = number
-// of cores, both comparison engines) and a JSON report, and as many times, interleaved, with
-// `--compare-with in-process` as the baseline measured in the same run: the difference is what
-// the independent verdict (a `qemu-img compare` process beside every in-process comparison)
-// costs. Every run must pass all 13 cases (a failing run fails the benchmark: a fast wrong
-// answer is worth nothing). Prints per run the wall time and the CPU time of the whole process
-// tree, then the median of each case's duration, then the medians and their ratio. The CPU time
-// barely moves when other work competes for the machine, so it tells a slow machine from a slow
-// suite. The target is half the wall time of QEMU's own Python iotest 124 on the same machine
-// (which needs QEMU's source tree and a qtest-enabled build, neither of which is here): pass its
-// time as `--iotest-seconds S` to print the ratio against it.
+// Each round runs `node apps/conformance/dist/cli.js --suite 124`, then `--suite 257`, then both
+// (`--suite all`, what `npm run conformance` runs), each with its defaults (jobs = number of
+// cores, both comparison engines) and a JSON report, then both again with `--compare-with
+// in-process` as the baseline of what the independent verdict (a `qemu-img compare` process
+// beside every in-process comparison) costs; every run must pass every case of its suites (a
+// fast wrong answer is worth nothing). When QEMU's own Python iotests are at hand (`--iotests DIR`, or the tree
+// `bench/fetch-iotests.mjs` unpacks into .cache/), the same round also times `check -qcow2 124`
+// and `check -qcow2 257` against the same QEMU binaries, so the ratios compare runs made under
+// the same load. Per run it prints the wall time and the CPU time of the whole process tree;
+// the CPU time barely moves when other work competes for the machine, so it tells a slow machine
+// from a slow suite. Target: each suite within 0.5 x the wall time of the iotest of its number.
 //
-// The last line is `conformance median_s=X`.
+// Debian's QEMU has no qtest accelerator, which the iotests ask for: they get a qemu-system
+// wrapper that runs the same command line with `-accel tcg -S` (no guest code runs, as with qtest).
 //
-// Usage: node bench/conformance.mjs [--runs 5] [--iotest-seconds S] [-- extra CLI options]
+// The last line is `conformance median_s=TOTAL suite124_s=X suite257_s=Y` followed, with the
+// iotests, by ` iotest124_s=A iotest257_s=B ratio124=X/A ratio257=Y/B`.
+//
+// Usage: node bench/conformance.mjs [--runs 5] [--iotests DIR | --no-iotests] [-- extra CLI options]
 import { spawn } from 'node:child_process';
+import { chmodSync, existsSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { iotestsDir } from './fetch-iotests.mjs';
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(root, 'apps/conformance/dist/cli.js');
-const EXPECTED_CASES = 13;
+const EXPECTED = { 124: 13, 257: 69 };
 
 const argv = process.argv.slice(2);
 const dashdash = argv.indexOf('--');
 const ownArgs = dashdash < 0 ? argv : argv.slice(0, dashdash);
 const extra = dashdash < 0 ? [] : argv.slice(dashdash + 1);
-const runsIndex = ownArgs.indexOf('--runs');
-const RUNS = runsIndex < 0 ? 5 : Number(ownArgs[runsIndex + 1]);
+const option = (name) => {
+  const i = ownArgs.indexOf(name);
+  return i < 0 ? undefined : ownArgs[i + 1];
+};
+const RUNS = Number(option('--runs') ?? 5);
 if (!Number.isSafeInteger(RUNS) || RUNS <= 0) throw new Error('--runs needs a positive integer');
-const iotestIndex = ownArgs.indexOf('--iotest-seconds');
-const IOTEST_S = iotestIndex < 0 ? undefined : Number(ownArgs[iotestIndex + 1]);
-if (IOTEST_S !== undefined && !(IOTEST_S > 0)) throw new Error('--iotest-seconds needs a positive number');
-const BASELINE = ['--compare-with', 'in-process'];
+
+function findIotests() {
+  if (ownArgs.includes('--no-iotests')) return undefined;
+  const given = option('--iotests') ?? process.env.QMPKIT_IOTESTS_DIR;
+  if (given) {
+    if (!existsSync(join(given, 'check'))) throw new Error(`--iotests ${given}: no check script there`);
+    return given;
+  }
+  try {
+    const cached = iotestsDir();
+    return existsSync(join(cached, 'check')) ? cached : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 const median = (values) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -53,51 +74,127 @@ async function childrenCpuSeconds() {
   return (Number(fields[13]) + Number(fields[14])) / 100;
 }
 
-function runOnce(jsonFile, args) {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(process.execPath, [cli, '--json', jsonFile, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function timed(command, args, options = {}) {
+  const cpuBefore = await childrenCpuSeconds();
+  const started = performance.now();
+  const result = await new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
     let stdout = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => (stdout += chunk));
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c) => (stdout += c));
+    child.stderr.setEncoding('utf8').on('data', (c) => (stderr += c));
     child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, wallMs: performance.now() - started }));
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
   });
+  const wall = (performance.now() - started) / 1000;
+  const cpu = (await childrenCpuSeconds()) - cpuBefore;
+  return { ...result, wall, cpu };
 }
 
+const BASELINE = ['--compare-with', 'in-process'];
+
+async function runSuite(suite, jsonFile, baseline = false) {
+  const run = await timed(process.execPath, [cli, '--suite', suite, '--json', jsonFile, ...(baseline ? BASELINE : []), ...extra]);
+  const lines = run.stdout.trimEnd().split('\n');
+  const last = lines[lines.length - 1];
+  const cases = suite === 'all' ? EXPECTED[124] + EXPECTED[257] : EXPECTED[suite];
+  if (run.code !== 0 || last !== `${cases} passed, 0 failed`) {
+    process.stderr.write(run.stdout + run.stderr);
+    throw new Error(`--suite ${suite} did not pass every case (exit ${run.code ?? run.signal}, last line "${last}")`);
+  }
+  return { ...run, report: JSON.parse(await readFile(jsonFile, 'utf8')) };
+}
+
+function qemuWrapper(dir) {
+  const wrapper = join(dir, 'qemu-system-x86_64');
+  // Same arguments, except `-accel qtest` (not built by Debian) becomes `-accel tcg -S`.
+  writeFileSync(
+    wrapper,
+    [
+      '#!/bin/sh',
+      'n=$#',
+      'while [ "$n" -gt 0 ]; do',
+      '  a=$1; shift; n=$((n - 1))',
+      '  if [ "$a" = -accel ] && [ "$1" = qtest ]; then shift; n=$((n - 1)); set -- "$@" -accel tcg -S',
+      '  else set -- "$@" "$a"; fi',
+      'done',
+      `exec "\${QMPKIT_REAL_QEMU:-qemu-system-x86_64}" "$@"`,
+      '',
+    ].join('\n'),
+  );
+  chmodSync(wrapper, 0o755);
+  return wrapper;
+}
+
+async function runIotest(iotests, number, scratch, wrapper) {
+  const testDir = await mkdtemp(join(scratch, `iotest-${number}-`));
+  const onPath = (name) => process.env.PATH.split(':').map((d) => join(d, name)).find((p) => existsSync(p)) ?? name;
+  const env = {
+    ...process.env,
+    QEMU_PROG: wrapper,
+    QMPKIT_REAL_QEMU: process.env.QEMU_SYSTEM || onPath('qemu-system-x86_64'),
+    QEMU_IMG_PROG: process.env.QEMU_IMG || onPath('qemu-img'),
+    QEMU_IO_PROG: process.env.QEMU_IO || onPath('qemu-io'),
+    QEMU_NBD_PROG: onPath('qemu-nbd'),
+    QSD_PROG: onPath('qemu-storage-daemon'),
+    TEST_DIR: testDir,
+  };
+  const run = await timed(join(iotests, 'check'), ['-qcow2', String(number)], { cwd: iotests, env });
+  await rm(testDir, { recursive: true, force: true });
+  if (run.code !== 0 || !/Passed all 1 iotests/.test(run.stdout)) {
+    process.stderr.write(run.stdout.slice(-4000) + run.stderr.slice(-2000));
+    throw new Error(`QEMU's iotest ${number} did not pass (exit ${run.code ?? run.signal})`);
+  }
+  return run;
+}
+
+const iotests = findIotests();
 const scratch = await mkdtemp(join(tmpdir(), 'qmpkit-conformance-bench-'));
 try {
-  console.log(`conformance suite, ${RUNS} runs each (default, and baseline ${BASELINE.join(' ')}), ${availableParallelism()} cores, load average ${loadavg()[0].toFixed(2)}`);
-  const walls = { default: [], baseline: [] };
-  const cpus = { default: [], baseline: [] };
+  const wrapper = iotests ? qemuWrapper(scratch) : undefined;
+  console.log(
+    `conformance suites, ${RUNS} rounds, ${availableParallelism()} cores, load average ${loadavg()[0].toFixed(2)}; ` +
+      (iotests ? `QEMU's iotests from ${iotests}` : 'no QEMU iotests tree (node bench/fetch-iotests.mjs fetches one): no ratios'),
+  );
+  const samples = { 124: [], 257: [], all: [], baseline: [], iotest124: [], iotest257: [] };
   const perCase = new Map();
+  const fmt = (r) => `wall ${r.wall.toFixed(2)} s cpu ${r.cpu.toFixed(2)} s`;
   for (let i = 1; i <= RUNS; i++) {
-    // Interleaved, so a change in the machine's load hits both alike.
-    for (const kind of ['default', 'baseline']) {
-      const jsonFile = join(scratch, `run-${kind}-${i}.json`);
-      const cpuBefore = await childrenCpuSeconds();
-      const run = await runOnce(jsonFile, kind === 'default' ? extra : [...BASELINE, ...extra]);
-      const cpu = (await childrenCpuSeconds()) - cpuBefore;
-      const lines = run.stdout.trimEnd().split('\n');
-      const summary = lines[lines.length - 1];
-      if (run.code !== 0 || summary !== `${EXPECTED_CASES} passed, 0 failed`) {
-        process.stderr.write(run.stdout);
-        throw new Error(`${kind} run ${i} did not pass every case (exit ${run.code ?? run.signal}, last line "${summary}")`);
-      }
-      const report = JSON.parse(await readFile(jsonFile, 'utf8'));
-      if (kind === 'default') for (const c of report.cases) perCase.set(c.id, [...(perCase.get(c.id) ?? []), c.durationMs]);
-      walls[kind].push(run.wallMs / 1000);
-      cpus[kind].push(cpu);
-      console.log(`run ${i} ${kind.padEnd(8)}: wall ${(run.wallMs / 1000).toFixed(3)} s, cpu ${cpu.toFixed(2)} s (suite's own wall ${report.summary.wallMs} ms, load ${loadavg()[0].toFixed(2)})`);
+    const parts = [];
+    for (const suite of ['124', '257', 'all']) {
+      const run = await runSuite(suite, join(scratch, `run-${i}-${suite}.json`));
+      samples[suite].push(run);
+      if (suite !== 'all') for (const c of run.report.cases) perCase.set(c.id, [...(perCase.get(c.id) ?? []), c.durationMs]);
+      parts.push(`${suite}: ${fmt(run)}`);
     }
+    const baseline = await runSuite('all', join(scratch, `run-${i}-baseline.json`), true);
+    samples.baseline.push(baseline);
+    parts.push(`all ${BASELINE.join(' ')}: ${fmt(baseline)}`);
+    if (iotests) {
+      for (const number of [124, 257]) {
+        const run = await runIotest(iotests, number, scratch, wrapper);
+        samples[`iotest${number}`].push(run);
+        parts.push(`iotest ${number}: ${fmt(run)}`);
+      }
+    }
+    console.log(`round ${i}: ${parts.join(' | ')}`);
   }
-  console.log('median per case, default (ms):');
+  console.log('median per case (ms):');
   for (const [id, times] of perCase) console.log(`  ${id} ${Math.round(median(times))}`);
-  const [w, wb, c, cb] = [median(walls.default), median(walls.baseline), median(cpus.default), median(cpus.baseline)];
-  console.log(`baseline (${BASELINE.join(' ')}) median_s=${wb.toFixed(3)} cpu_median_s=${cb.toFixed(2)}`);
-  console.log(`default (both engines) cpu_median_s=${c.toFixed(2)}; ratio to baseline: wall ${(w / wb).toFixed(2)}, cpu ${(c / cb).toFixed(2)}`);
-  if (IOTEST_S !== undefined) console.log(`ratio to QEMU's Python iotest 124 (${IOTEST_S} s): ${(w / IOTEST_S).toFixed(2)} (target <= 0.5)`);
-  console.log(`conformance median_s=${w.toFixed(3)}`);
+  const med = (key, field = 'wall') => median(samples[key].map((r) => r[field]));
+  for (const key of Object.keys(samples)) {
+    if (samples[key].length > 0) console.log(`median ${key}: wall ${med(key).toFixed(3)} s, cpu ${med(key, 'cpu').toFixed(2)} s`);
+  }
+  console.log(
+    `default (both engines) against the baseline (${BASELINE.join(' ')}): wall ${(med('all') / med('baseline')).toFixed(2)}, cpu ${(med('all', 'cpu') / med('baseline', 'cpu')).toFixed(2)}`,
+  );
+  let last = `conformance median_s=${med('all').toFixed(3)} suite124_s=${med('124').toFixed(3)} suite257_s=${med('257').toFixed(3)}`;
+  if (iotests) {
+    last +=
+      ` iotest124_s=${med('iotest124').toFixed(3)} iotest257_s=${med('iotest257').toFixed(3)}` +
+      ` ratio124=${(med('124') / med('iotest124')).toFixed(2)} ratio257=${(med('257') / med('iotest257')).toFixed(2)}`;
+  }
+  console.log(last);
 } finally {
   await rm(scratch, { recursive: true, force: true });
 }

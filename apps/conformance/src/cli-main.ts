@@ -3,9 +3,9 @@ import { dirname, resolve } from 'node:path';
 
 import { CliUsageError, RunAbortedError } from './errors.js';
 import { USAGE, matchesFilter, parseCliOptions } from './options.js';
-import { buildJsonReport, buildJunitReport, formatCaseLine, formatSummaryLine } from './reporters.js';
+import { buildJsonReport, buildJunitReport, formatCaseLine, formatSummaryLine, summarize } from './reporters.js';
 import { liveRuns } from './runner.js';
-import { caseIds, runConformance } from './suite.js';
+import { caseIds, runConformance, suiteOf } from './suite.js';
 
 export interface CliStreams {
   stdout: { write(text: string): unknown };
@@ -43,7 +43,7 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
     streams.stdout.write(USAGE);
     return EXIT_PASSED;
   }
-  const ids = caseIds.filter((id) => matchesFilter(id, options.filters));
+  const ids = caseIds.filter((id) => options.suites.includes(suiteOf(id)) && matchesFilter(id, options.filters));
   if (options.list) {
     for (const id of ids) streams.stdout.write(`${id}\n`);
     return EXIT_PASSED;
@@ -56,6 +56,7 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
   let result;
   try {
     result = await runConformance({
+      suites: options.suites,
       ids,
       binaries: options.binaries,
       jobs: options.jobs,
@@ -78,6 +79,13 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
   }
   if (options.junit !== undefined) {
     await writeReport(options.junit, buildJunitReport(result.qemu, result.cases, result.summary.wallMs));
+  }
+  if (options.suites.length > 1) {
+    // One line per suite, then the line over all of them last (what CI reads).
+    for (const suite of options.suites) {
+      const own = result.cases.filter((c) => c.suite === suite);
+      if (own.length > 0) streams.stdout.write(`suite ${suite}: ${formatSummaryLine(summarize(own, 0))}\n`);
+    }
   }
   streams.stdout.write(`${formatSummaryLine(result.summary)}\n`);
   return result.summary.failed === 0 && result.summary.skipped === 0 ? EXIT_PASSED : EXIT_FAILED;

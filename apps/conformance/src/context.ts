@@ -2,11 +2,11 @@ import { constants as fsConstants } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { createQcow2Image, QemuImg, QemuIo } from '@qmpkit/image-tools';
+import { createQcow2Image, mapImageData, QemuImg, QemuIo, setBackingFile, type DataExtent } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 
 import type { CheckDefinition } from './checks.js';
-import { CaseSkip, ConformanceError } from './errors.js';
+import { CaseSkip, ConformanceError, EngineDisagreementError } from './errors.js';
 import type { BinaryOptions } from './options.js';
 import type { CaseScope } from './runner.js';
 import { DEFAULT_COMPARE_ENGINE, makeComparer, type CompareEngine, type ImageComparer, type Verdict } from './verdict.js';
@@ -21,6 +21,10 @@ export interface SuiteTools {
   compareWith: CompareEngine;
   /** Compares two qcow2 images as `qemu-img compare` does, with the engine(s) the options chose. */
   compare: ImageComparer;
+  /** `qemu-img rebase -u` of a qcow2 image onto a qcow2 backing file (suite 257's verification). */
+  rebase(file: string, backing: string, signal: AbortSignal): Promise<void>;
+  /** The data extents `qemu-img map` lists for a qcow2 image, with the engine(s) the options chose. */
+  mapData(file: string, signal: AbortSignal): Promise<DataExtent[]>;
 }
 
 export function makeTools(binaries: BinaryOptions, compareWith: CompareEngine = DEFAULT_COMPARE_ENGINE): SuiteTools {
@@ -31,6 +35,36 @@ export function makeTools(binaries: BinaryOptions, compareWith: CompareEngine = 
     qemuSystem: binaries.qemuSystem,
     compareWith,
     compare: makeComparer(compareWith, binaries.qemuImg ?? (process.env['QEMU_IMG'] || 'qemu-img')),
+    // A header rewrite, not a verdict: in-process unless qemu-img alone was asked for (the
+    // comparisons that follow, by qemu-img too by default, read the header it wrote).
+    rebase:
+      compareWith === 'qemu-img'
+        ? (file, backing, signal) =>
+            qemuImg.rebase(file, { format: 'qcow2', unsafe: true, backingFile: backing, backingFormat: 'qcow2', signal })
+        : async (file, backing, signal) => {
+            await setBackingFile(file, { file: backing, format: 'qcow2' }, { qemuImg, signal });
+          },
+    // A verdict (which clusters a backup holds): decided like the comparisons, by both engines by default.
+    mapData: async (file, signal) => {
+      const external = async (): Promise<DataExtent[]> => {
+        const extents: DataExtent[] = [];
+        for (const e of await qemuImg.map(file, { format: 'qcow2', signal })) {
+          if (!e.data) continue;
+          const last = extents[extents.length - 1];
+          if (last && last.depth === e.depth && last.start + last.length === e.start) last.length += e.length;
+          else extents.push({ start: e.start, length: e.length, depth: e.depth });
+        }
+        return extents;
+      };
+      const inProcess = async (): Promise<DataExtent[]> => (await mapImageData(file, { format: 'qcow2', qemuImg, signal })).extents;
+      if (compareWith === 'qemu-img') return external();
+      if (compareWith === 'in-process') return inProcess();
+      const [ours, theirs] = await Promise.all([inProcess(), external()]);
+      if (JSON.stringify(ours) !== JSON.stringify(theirs)) {
+        throw new EngineDisagreementError(`map of ${file}`, { 'in-process': JSON.stringify(ours), 'qemu-img': JSON.stringify(theirs) });
+      }
+      return ours;
+    },
   };
 }
 
@@ -87,6 +121,47 @@ export class ImageTemplates implements TemplateSource {
   }
 }
 
+/** What a shared fixture is made with: the run's directory and signal, the tools. */
+export interface FixtureScope {
+  runDir: string;
+  /** Aborts when the run is interrupted or ends: a fixture kills what it started then. */
+  signal: AbortSignal;
+  tools: SuiteTools;
+  observer: MachineObserver;
+}
+
+/** Something the cases of a run share, e.g. one QEMU for a table of refused commands. */
+export interface SharedFixture<T> {
+  value: T;
+  /** Graceful release at the end of the run. */
+  dispose(): Promise<void>;
+}
+
+/**
+ * Fixtures made once per run on first use and released when the run ends (`disposeAll`), or
+ * killed through the run signal when it is interrupted. A case that fails leaves them to the
+ * others: a fixture must not be changed by a case.
+ */
+export class RunFixtures {
+  readonly #made = new Map<string, Promise<SharedFixture<unknown>>>();
+
+  get<T>(key: string, create: (scope: FixtureScope) => Promise<SharedFixture<T>>, scope: FixtureScope): Promise<T> {
+    let made = this.#made.get(key);
+    if (made === undefined) {
+      made = create(scope);
+      made.catch(() => undefined);
+      this.#made.set(key, made);
+    }
+    return made.then((f) => f.value as T);
+  }
+
+  async disposeAll(): Promise<void> {
+    const made = [...this.#made.values()];
+    this.#made.clear();
+    await Promise.allSettled(made.map(async (f) => (await f).dispose()));
+  }
+}
+
 function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
@@ -115,6 +190,7 @@ export class CaseContext {
   readonly #templates: TemplateSource;
   readonly #observer: MachineObserver;
   readonly #checks: Readonly<Record<string, CheckDefinition>>;
+  readonly #fixtures: RunFixtures;
   #machines = 0;
 
   constructor(
@@ -123,6 +199,7 @@ export class CaseContext {
     templates: TemplateSource,
     observer: MachineObserver,
     checks: Readonly<Record<string, CheckDefinition>>,
+    fixtures: RunFixtures = new RunFixtures(),
   ) {
     this.id = scope.id;
     this.dir = scope.dir;
@@ -132,6 +209,18 @@ export class CaseContext {
     this.#templates = templates;
     this.#observer = observer;
     this.#checks = checks;
+    this.#fixtures = fixtures;
+  }
+
+  /** The run's fixture `key`, made by `create` for the first case that asks (see `RunFixtures`). */
+  shared<T>(key: string, create: (scope: FixtureScope) => Promise<SharedFixture<T>>): Promise<T> {
+    const scope: FixtureScope = {
+      runDir: this.#scope.runDir,
+      signal: this.#scope.runSignal,
+      tools: this.tools,
+      observer: this.#observer,
+    };
+    return abortable(this.#fixtures.get(key, create, scope), this.signal);
   }
 
   get qemuImg(): QemuImg {

@@ -1,9 +1,9 @@
-export { runConformance, conformanceCases, caseIds, describeBinaries } from './suite.js';
+export { runConformance, conformanceCases, caseIds, describeBinaries, suites, suiteOf } from './suite.js';
 export type { RunConformanceOptions, ConformanceResult } from './suite.js';
 export { runCli, main, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED, EXIT_USAGE } from './cli-main.js';
 export type { CliStreams } from './cli-main.js';
-export { parseCliOptions, matchesFilter, defaultJobs, USAGE, DEFAULT_TIMEOUT_S } from './options.js';
-export type { CliOptions, BinaryOptions } from './options.js';
+export { parseCliOptions, matchesFilter, defaultJobs, USAGE, DEFAULT_TIMEOUT_S, SUITE_IDS } from './options.js';
+export type { CliOptions, BinaryOptions, SuiteId } from './options.js';
 export { runCases, SCRATCH_PREFIX } from './runner.js';
 export type { CaseDefinition, CaseResult, CaseScope, CaseStatus, RunCasesOptions, RunCasesResult } from './runner.js';
 export {
@@ -15,8 +15,8 @@ export {
   summarize,
 } from './reporters.js';
 export type { JsonCase, JsonReport, QemuDescription, SuiteSummary } from './reporters.js';
-export { CaseContext } from './context.js';
-export type { SuiteTools } from './context.js';
+export { CaseContext, RunFixtures } from './context.js';
+export type { FixtureScope, SharedFixture, SuiteTools } from './context.js';
 export {
   CaseAssertionError,
   CaseSkip,

@@ -11,7 +11,13 @@ export interface BinaryOptions {
   qemuIo?: string;
 }
 
+/** The suites, each named after the QEMU iotest it ports. */
+export const SUITE_IDS = ['124', '257'] as const;
+export type SuiteId = (typeof SUITE_IDS)[number];
+
 export interface CliOptions {
+  /** Suites to run (`--suite`; default every suite). */
+  suites: SuiteId[];
   filters: string[];
   jobs: number;
   json: string | undefined;
@@ -32,9 +38,10 @@ export type { CompareEngine };
 
 export const USAGE = `Usage: qmpkit-conformance [options]
 
-Runs QEMU's incremental-backup conformance cases (iotest 124) through the qmpkit SDK.
+Runs QEMU's incremental-backup conformance suites (iotests 124 and 257) through the qmpkit SDK.
 
 Options:
+  --suite NAME          124, 257 or all (default: all); repeatable
   --filter PATTERN      run only cases whose id contains PATTERN (or matches it as a glob
                         when it has * or ?); repeatable, a case matching any is selected
   --jobs N              cases run at the same time (default: number of cores)
@@ -44,8 +51,9 @@ Options:
   --qemu-img PATH       qemu-img binary (default: $QEMU_IMG or qemu-img on PATH)
   --qemu-io PATH        qemu-io binary (default: $QEMU_IO or qemu-io on PATH)
   --keep-artifacts      keep the images and QEMU log of failed cases (their path is printed)
-  --compare-with WHO    who decides image comparisons: both (default: the SDK's in-process
-                        reader and qemu-img compare, which must agree), in-process or qemu-img
+  --compare-with WHO    who decides image comparisons (and suite 257's maps): both (default:
+                        the SDK's in-process reader and qemu-img, which must agree),
+                        in-process or qemu-img
   --timeout SECONDS     limit per case (default: ${DEFAULT_TIMEOUT_S})
   --list                print the case ids and exit
   -h, --help            print this help and exit
@@ -81,6 +89,7 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
       strict: true,
       allowPositionals: false,
       options: {
+        suite: { type: 'string', multiple: true },
         filter: { type: 'string', multiple: true },
         jobs: { type: 'string' },
         json: { type: 'string' },
@@ -115,10 +124,23 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
     });
   }
 
+  const suites = new Set<SuiteId>();
+  for (const name of values.suite ?? ['all']) {
+    if (name === 'all') SUITE_IDS.forEach((id) => suites.add(id));
+    else if ((SUITE_IDS as readonly string[]).includes(name)) suites.add(name as SuiteId);
+    else {
+      throw new CliUsageError(`--suite needs one of ${[...SUITE_IDS, 'all'].join(', ')}, got "${name}"`, {
+        option: '--suite',
+        value: name,
+      });
+    }
+  }
+
   const filters = values.filter ?? [];
   for (const f of filters) nonEmpty('--filter', f);
 
   return {
+    suites: SUITE_IDS.filter((id) => suites.has(id)),
     filters,
     jobs: values.jobs === undefined ? defaultJobs() : positiveInteger('--jobs', values.jobs),
     json: nonEmpty('--json', values.json),

@@ -17,6 +17,8 @@ export interface SuiteSummary {
 
 export interface JsonCase {
   id: string;
+  /** The suite (`124`, `257`), when known. */
+  suite?: string;
   status: CaseStatus;
   durationMs: number;
   error?: string;
@@ -78,7 +80,7 @@ export function buildJsonReport(
   const report: JsonReport = {
     qemu: { version: qemu.version, binaries: { ...qemu.binaries } },
     cases: cases.map((c) => {
-      const entry: JsonCase = { id: c.id, status: c.status, durationMs: c.durationMs };
+      const entry: JsonCase = { id: c.id, ...(c.suite === undefined ? {} : { suite: c.suite }), status: c.status, durationMs: c.durationMs };
       if (c.error !== undefined) entry.error = c.error;
       if (c.failedCheck !== undefined) entry.failedCheck = { ...c.failedCheck };
       if (c.checks !== undefined) entry.checks = c.checks.map((k) => ({ ...k }));

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 
 import { CaseAssertionError, CaseSkip, RunAbortedError } from './errors.js';
+import { RunFixtures } from './context.js';
 import { runCases, SCRATCH_PREFIX, type CaseDefinition, type CaseScope } from './runner.js';
 
 // The runner with synthetic cases (no QEMU): scheduling, scratch directories, timeouts,
@@ -201,5 +202,70 @@ describe('runCases', () => {
       runCases({ ...base, cases: [{ id: 'a', run: async () => undefined }], jobs: 1, signal: controller.signal }),
     );
     expect(RunAbortedError.isInstance(error)).toBe(true);
+  });
+
+  it('releases a fixture the cases shared once, after the last case, and kills it on interruption', async () => {
+    const made: string[] = [];
+    const events: string[] = [];
+    const fixtures = new RunFixtures();
+    const fixtureScope = (runDir: string, signal: AbortSignal) => ({
+      runDir,
+      signal,
+      tools: {} as never,
+      observer: { onVersion: () => undefined },
+    });
+    let shared: { runDir: string; signal: AbortSignal } | undefined;
+    const create = async (scope: { runDir: string; signal: AbortSignal }) => {
+      made.push(scope.runDir);
+      scope.signal.addEventListener('abort', () => events.push('killed'), { once: true });
+      return { value: 42, dispose: async () => void events.push('disposed') };
+    };
+    const cases: Array<CaseDefinition<CaseScope>> = ['a', 'b', 'c'].map((id) => ({
+      id,
+      run: async (scope) => {
+        shared = { runDir: scope.runDir, signal: scope.runSignal };
+        expect(await fixtures.get('f', create, fixtureScope(scope.runDir, scope.runSignal))).toBe(42);
+        events.push(`case ${id}`);
+      },
+    }));
+    const run = await runCases({ ...base, cases, jobs: 2, onRunEnd: () => fixtures.disposeAll() });
+    expect(run.cases.map((c) => c.status)).toEqual(['passed', 'passed', 'passed']);
+    expect(made).toHaveLength(1);
+    // Disposed once, after every case and before the run signal ends the fixture's life.
+    expect(events.slice(-2)).toEqual(['disposed', 'killed']);
+    expect(events.filter((e) => e.startsWith('case '))).toHaveLength(3);
+    expect(shared?.signal.aborted).toBe(true);
+    expect(existsSync(shared?.runDir ?? '/nonexistent-run-dir')).toBe(false);
+
+    // Interrupted: the run signal kills it even though no one disposes it.
+    const interrupted = new RunFixtures();
+    const events2: string[] = [];
+    const controller = new AbortController();
+    const error = await rejectionOf(
+      runCases({
+        ...base,
+        jobs: 1,
+        signal: controller.signal,
+        cases: [
+          {
+            id: 'x',
+            run: async (scope: CaseScope) => {
+              await interrupted.get(
+                'f',
+                async (s) => {
+                  s.signal.addEventListener('abort', () => events2.push('killed'), { once: true });
+                  return { value: 1, dispose: async () => void events2.push('disposed') };
+                },
+                fixtureScope(scope.runDir, scope.runSignal),
+              );
+              controller.abort();
+              await waitForAbort(scope.signal);
+            },
+          },
+        ],
+      }),
+    );
+    expect(RunAbortedError.isInstance(error)).toBe(true);
+    expect(events2).toEqual(['killed']);
   });
 });

@@ -10,6 +10,8 @@ export type CaseStatus = 'passed' | 'failed' | 'skipped';
 
 export interface CaseResult {
   id: string;
+  /** The suite of the case (set by `runConformance`; the generic runner leaves it out). */
+  suite?: string;
   status: CaseStatus;
   durationMs: number;
   /** Failure message, or the reason of a skip. */
@@ -62,6 +64,8 @@ export interface RunCasesOptions<C> {
   onCaseEnd?: (result: CaseResult) => void;
   /** Called once the run directory exists, before the first case: start shared preparation. */
   onRunStart?: (runDir: string, signal: AbortSignal) => void;
+  /** Called after the last case, before the run directory is removed: release what cases shared. */
+  onRunEnd?: () => Promise<void>;
 }
 
 export interface RunCasesResult {
@@ -303,6 +307,7 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
     await Promise.all(workers);
   } finally {
     outer?.removeEventListener('abort', onOuterAbort);
+    if (options.onRunEnd) await settleWithin(options.onRunEnd(), TEARDOWN_LIMIT_MS);
     runEnd.abort(new Error('the run has ended'));
     await rm(runDir, { recursive: true, force: true, maxRetries: 3 });
     live.removeDir(runDir);

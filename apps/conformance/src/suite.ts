@@ -5,20 +5,40 @@ import { blkdebugCases } from './cases/blkdebug.js';
 import { IOTEST_124_CHECKS } from './cases/checks.js';
 import { incrementalBackupCases } from './cases/incremental-backup.js';
 import { imageTemplates } from './cases/scenario.js';
-import { CaseContext, ImageTemplates, makeTools, type SuiteTools } from './context.js';
+import { CaseContext, ImageTemplates, makeTools, RunFixtures, type SuiteTools } from './context.js';
 import type { CheckDefinition } from './checks.js';
-import type { BinaryOptions, CompareEngine } from './options.js';
+import { SUITE_IDS, type BinaryOptions, type CompareEngine, type SuiteId } from './options.js';
+import { IOTEST_257_CHECKS, suite257Cases, suite257Fixtures } from './suites/257/index.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
 import { summarize } from './reporters.js';
 import { runCases, type CaseDefinition, type CaseResult } from './runner.js';
 
-/** Every case, in the reference's order of definition. */
-export const conformanceCases: ReadonlyArray<CaseDefinition<CaseContext>> = [...incrementalBackupCases, ...blkdebugCases];
+/** Each suite's cases, in its reference's order of definition. */
+export const suites: Readonly<Record<SuiteId, ReadonlyArray<CaseDefinition<CaseContext>>>> = {
+  '124': [...incrementalBackupCases, ...blkdebugCases],
+  '257': suite257Cases,
+};
+
+/** Every case of every suite. */
+export const conformanceCases: ReadonlyArray<CaseDefinition<CaseContext>> = SUITE_IDS.flatMap((id) => suites[id]);
 
 export const caseIds: readonly string[] = conformanceCases.map((c) => c.id);
 
+/** Each suite's catalogue of named checks (names are unique across suites). */
+export const suiteChecks: Readonly<Record<SuiteId, Readonly<Record<string, CheckDefinition>>>> = {
+  '124': IOTEST_124_CHECKS,
+  '257': IOTEST_257_CHECKS,
+};
+
+/** The suite a case id belongs to (257's ids start with `257.`; 124's are the reference's names). */
+export function suiteOf(id: string): SuiteId {
+  return id.startsWith('257.') ? '257' : '124';
+}
+
 export interface RunConformanceOptions {
-  /** Ids to run (default: all). */
+  /** Suites to run (default: all). */
+  suites?: readonly SuiteId[];
+  /** Ids to run among those suites' cases (default: all). */
   ids?: readonly string[];
   binaries?: BinaryOptions;
   /** Cases at a time (default 1). */
@@ -87,23 +107,34 @@ async function versionFromBinary(binary: string, signal: AbortSignal | undefined
 export async function runConformance(options: RunConformanceOptions = {}): Promise<ConformanceResult> {
   const binaries = options.binaries ?? {};
   const tools: SuiteTools = makeTools(binaries, options.compareWith);
-  const selected =
-    options.ids === undefined ? conformanceCases : conformanceCases.filter((c) => options.ids?.includes(c.id));
+  const wanted = new Set(options.suites ?? SUITE_IDS);
+  const selected = conformanceCases.filter(
+    (c) => wanted.has(suiteOf(c.id)) && (options.ids === undefined || options.ids.includes(c.id)),
+  );
   const templates = new ImageTemplates(tools);
+  const fixtures = new RunFixtures();
   let version: string | undefined;
   const onVersion = (v: string): void => {
     version ??= v;
   };
+  const ids = selected.map((c) => c.id);
   const run = await runCases<CaseContext>({
     cases: selected,
-    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }, IOTEST_124_CHECKS),
-    // Every case starts from drive0; the transaction cases also from drive1. Built while the
-    // first machines start, so no case waits for both.
+    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }, suiteChecks[suiteOf(scope.id)], fixtures),
+    // The 124 cases start from drive0, the transaction cases also from drive1; the 257 API rows
+    // share one QEMU. Built while the first machines start, so no case waits for them.
     onRunStart: (runDir, signal) => {
-      for (const template of imageTemplates(selected.map((c) => c.id))) {
+      const has124 = ids.some((id) => suiteOf(id) === '124');
+      for (const template of has124 ? imageTemplates(ids) : []) {
         templates.prefetch(template.name, template.writes, runDir, signal);
       }
+      for (const fixture of suite257Fixtures) {
+        if (ids.some(fixture.usedBy)) {
+          fixtures.get(fixture.key, fixture.create, { runDir, signal, tools, observer: { onVersion } }).catch(() => undefined);
+        }
+      }
     },
+    onRunEnd: () => fixtures.disposeAll(),
     jobs: options.jobs ?? 1,
     timeoutMs: options.timeoutMs ?? 60_000,
     keepArtifacts: options.keepArtifacts ?? false,
@@ -115,8 +146,9 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
   version ??= await versionFromBinary(described['qemu-system'] ?? 'qemu-system-x86_64', options.signal);
   return {
     qemu: { version, binaries: described },
-    cases: run.cases,
+    cases: run.cases.map((c) => ({ ...c, suite: suiteOf(c.id) })),
     summary: summarize(run.cases, run.wallMs),
-    checks: IOTEST_124_CHECKS,
+    // The catalogues of the suites that ran.
+    checks: Object.assign({}, ...[...wanted].map((suite) => suiteChecks[suite])) as Record<string, CheckDefinition>,
   };
 }

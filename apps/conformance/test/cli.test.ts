@@ -11,7 +11,7 @@ import { findAll, parseXml } from './xml.js';
 // gets a private TMPDIR, so "nothing left behind" is checked on a directory no one else uses.
 
 const cli = join(__dirname, '..', 'dist', 'cli.js');
-const ALL_IDS = [
+const ALL_124_IDS = [
   'TestIncrementalBackup.test_incremental_simple',
   'TestIncrementalBackup.test_small_granularity',
   'TestIncrementalBackup.test_large_granularity',
@@ -26,6 +26,10 @@ const ALL_IDS = [
   'TestIncrementalBackupBlkdebug.test_incremental_failure',
   'TestIncrementalBackupBlkdebug.test_incremental_pause',
 ];
+// iotest 257: 21 bitmap-sync scenarios (sync bitmap x 3 bitmap modes, full and top x 2, each
+// with 3 failure kinds) and the 48 rows of its API failure table.
+const SCENARIOS_257 = 21;
+const API_ROWS_257 = 48;
 
 interface CliRun {
   code: number | null;
@@ -103,15 +107,42 @@ function caseLines(run: CliRun): Array<{ status: string; id: string }> {
 }
 
 describe('qmpkit-conformance', () => {
-  it('passes the whole suite and writes valid JSON and JUnit reports', async () => {
+  it('lists both suites by default and one with --suite; refuses an unknown suite', async () => {
+    const all = await runCli(['--list']);
+    expect(all.code).toBe(0);
+    const ids = all.lines;
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(ids.slice(0, ALL_124_IDS.length)).toEqual(ALL_124_IDS);
+    const ids257 = ids.filter((id) => id.startsWith('257.'));
+    expect(ids257).toHaveLength(SCENARIOS_257 + API_ROWS_257);
+    expect(ids.length).toBe(ALL_124_IDS.length + SCENARIOS_257 + API_ROWS_257);
+    expect(ids257).toEqual(expect.arrayContaining(['257.bitmap.on-success.intermediate', '257.top.always.no-failure', '257.api.top.bitmap404.always']));
+    expect(ids257.filter((id) => id.startsWith('257.api.'))).toHaveLength(API_ROWS_257);
+
+    expect((await runCli(['--list', '--suite', '257'])).lines).toEqual(ids257);
+    expect((await runCli(['--list', '--suite', '124'])).lines).toEqual(ALL_124_IDS);
+    expect((await runCli(['--list', '--suite', '124', '--suite', 'all'])).lines).toEqual(ids);
+
+    const bad = await runCli(['--suite', '125']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--suite needs one of 124, 257, all, got "125"/);
+  }, 60_000);
+
+  it('passes every suite and writes valid JSON and JUnit reports covering both', async () => {
     const json = join(reports, 'nested', 'report.json');
     const junit = join(reports, 'report.xml');
     const run = await runCli(['--json', json, '--junit', junit]);
     expect(run.stderr).toBe('');
-    expect(run.lines[run.lines.length - 1]).toBe('13 passed, 0 failed');
+    const total = ALL_124_IDS.length + SCENARIOS_257 + API_ROWS_257;
+    expect(run.lines.slice(-3)).toEqual([
+      `suite 124: ${ALL_124_IDS.length} passed, 0 failed`,
+      `suite 257: ${SCENARIOS_257 + API_ROWS_257} passed, 0 failed`,
+      `${total} passed, 0 failed`,
+    ]);
     expect(run.code).toBe(0);
     const lines = caseLines(run);
-    expect(lines.map((l) => l.id).sort()).toEqual([...ALL_IDS].sort());
+    expect(lines).toHaveLength(total);
+    expect(lines.filter((l) => !l.id.startsWith('257.')).map((l) => l.id).sort()).toEqual([...ALL_124_IDS].sort());
     expect(lines.every((l) => l.status === 'PASS')).toBe(true);
 
     const report = JSON.parse(readFileSync(json, 'utf8')) as Record<string, unknown>;
@@ -122,14 +153,20 @@ describe('qmpkit-conformance', () => {
     expect(Object.keys(qemu['binaries'] as object).sort()).toEqual(['qemu-img', 'qemu-io', 'qemu-system']);
     for (const path of Object.values(qemu['binaries'] as Record<string, string>)) expect(existsSync(path)).toBe(true);
     const cases = report['cases'] as Array<Record<string, unknown>>;
-    expect(cases.map((c) => c['id'])).toEqual(ALL_IDS);
+    expect(cases.slice(0, ALL_124_IDS.length).map((c) => c['id'])).toEqual(ALL_124_IDS);
+    expect(cases.map((c) => c['suite'])).toEqual([
+      ...ALL_124_IDS.map(() => '124'),
+      ...Array.from({ length: SCENARIOS_257 + API_ROWS_257 }, () => '257'),
+    ]);
     const catalogue = report['checks'] as Record<string, { origin: string }>;
     for (const c of cases) {
-      expect(Object.keys(c)).toEqual(['id', 'status', 'durationMs', 'checks']);
+      expect(Object.keys(c)).toEqual(['id', 'suite', 'status', 'durationMs', 'checks']);
       expect(c['status']).toBe('passed');
-      // Every case ends with the suite's own accounting of job events and a read-back of the drive.
+      // Every 124 case ends with the suite's own accounting of job events and a read-back of the drive.
       const checks = c['checks'] as Array<{ name: string; origin: string; passed: number }>;
-      expect(checks.map((k) => k.name)).toEqual(expect.arrayContaining(['job-events-accounted', 'read-back-drive']));
+      if (c['suite'] === '124') {
+        expect(checks.map((k) => k.name)).toEqual(expect.arrayContaining(['job-events-accounted', 'read-back-drive']));
+      }
       for (const k of checks) expect(k.origin).toBe(catalogue[k.name]?.origin);
       expect(Number.isInteger(c['durationMs'])).toBe(true);
       expect(c['durationMs'] as number).toBeGreaterThan(0);
@@ -143,21 +180,34 @@ describe('qmpkit-conformance', () => {
     }
     const summary = report['summary'] as Record<string, number>;
     expect(Object.keys(summary)).toEqual(['passed', 'failed', 'skipped', 'wallMs']);
-    expect(summary).toMatchObject({ passed: 13, failed: 0, skipped: 0 });
+    expect(summary).toMatchObject({ passed: total, failed: 0, skipped: 0 });
     expect(summary['wallMs']).toBeGreaterThan(0);
 
     const xml = parseXml(readFileSync(junit, 'utf8'));
     expect(xml.name).toBe('testsuites');
-    expect(xml.attributes).toMatchObject({ tests: '13', failures: '0', errors: '0', skipped: '0' });
+    expect(xml.attributes).toMatchObject({ tests: String(total), failures: '0', errors: '0', skipped: '0' });
     const testcases = findAll(xml, 'testcase');
-    expect(testcases.map((t) => `${t.attributes['classname']}.${t.attributes['name']}`)).toEqual(ALL_IDS);
+    expect(testcases.map((t) => `${t.attributes['classname']}.${t.attributes['name']}`)).toEqual(cases.map((c) => c['id']));
     expect(findAll(xml, 'failure')).toEqual([]);
-  }, 120_000);
+  }, 400_000);
+
+  it('a 257 scenario fails when its backups do not hold what the references hold', async () => {
+    // A qemu-img whose `rebase` does nothing: test backup #1 then lacks the clusters of the
+    // full backup it should stack on, and the verification must see the difference.
+    const wrapper = join(reports, 'qemu-img-no-rebase');
+    writeFileSync(wrapper, `#!/bin/sh\nif [ "$1" = rebase ]; then exit 0; fi\nexec ${execOnPath('qemu-img')} "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    // --compare-with qemu-img: rebases, maps and comparisons all go through this qemu-img.
+    const run = await runCli(['--filter', '257.bitmap.on-success.no-failure', '--qemu-img', wrapper, '--compare-with', 'qemu-img']);
+    expect(run.code).toBe(1);
+    expect(run.lines[run.lines.length - 1]).toBe('0 passed, 1 failed');
+    expect(run.stdout).toMatch(/qemu-img compare bsync1 fbackup1: expected "identical", got "mismatch"/);
+  }, 60_000);
 
   it('--filter selects cases by substring or glob', async () => {
     const bySubstring = await runCli(['--filter', 'sync_dirty_bitmap']);
     expect(bySubstring.code).toBe(0);
-    expect(caseLines(bySubstring).map((l) => l.id).sort()).toEqual(ALL_IDS.filter((id) => id.includes('sync_dirty_bitmap')).sort());
+    expect(caseLines(bySubstring).map((l) => l.id).sort()).toEqual(ALL_124_IDS.filter((id) => id.includes('sync_dirty_bitmap')).sort());
     expect(bySubstring.lines[bySubstring.lines.length - 1]).toBe('3 passed, 0 failed');
 
     const byGlob = await runCli(['--filter', 'TestIncrementalBackupBlkdebug.*', '--filter', '*_race']);

@@ -5,6 +5,7 @@ import type { BackupQmp, CallOptions } from './qmp.js';
 
 /** A dirty bitmap's state, normalised from `query-block` / `query-named-block-nodes`. */
 export interface BitmapStatus {
+  /** '' for an anonymous bitmap: one QEMU keeps for itself (a backup job's, its copy-before-write filter's). */
   name: string;
   /** Dirty bytes. */
   count: number;

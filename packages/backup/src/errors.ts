@@ -350,3 +350,37 @@ export class DriveBusyError extends BackupError {
     brand(this, 'DriveBusyError');
   }
 }
+
+/** `blockdev-add` named a block driver this QEMU build does not have (e.g. `blkdebug`). */
+export class BlockDriverUnavailableError extends BackupError {
+  static override isInstance(value: unknown): value is BlockDriverUnavailableError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.BlockDriverUnavailableError'));
+  }
+
+  readonly driver: string;
+
+  constructor(driver: string, options?: { cause?: unknown }) {
+    super(`this QEMU has no block driver "${driver}"`, options);
+    this.name = 'BlockDriverUnavailableError';
+    this.driver = driver;
+    brand(this, 'BlockDriverUnavailableError');
+  }
+}
+
+/** A `blockdev-create` job did not create the image; `qemuError` is QEMU's reason. */
+export class BlockdevCreateError extends BackupError {
+  static override isInstance(value: unknown): value is BlockdevCreateError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.BlockdevCreateError'));
+  }
+
+  readonly jobId: string;
+  readonly qemuError: string | undefined;
+
+  constructor(jobId: string, qemuError: string | undefined, options?: { cause?: unknown }) {
+    super(`blockdev-create job "${jobId}" failed${qemuError ? `: ${qemuError}` : ''}`, options);
+    this.name = 'BlockdevCreateError';
+    this.jobId = jobId;
+    this.qemuError = qemuError;
+    brand(this, 'BlockdevCreateError');
+  }
+}

@@ -4,6 +4,8 @@ export {
   BackupJobError,
   BitmapNotFoundError,
   BitmapRangeError,
+  BlockDriverUnavailableError,
+  BlockdevCreateError,
   ChainBrokenError,
   DriveBusyError,
   InvalidGranularityError,
@@ -24,7 +26,9 @@ export type {
   BlockDirtyBitmapAdd,
   BlockDirtyBitmapOrStr,
   BlockdevBackup,
+  BlockdevCreateOptions,
   BlockdevOnError,
+  BlockdevOptions,
   DriveBackup,
   JobStatus,
   MirrorSyncMode,
@@ -49,7 +53,9 @@ export {
 } from './bitmaps.js';
 export type { AddBitmapOptions, BitmapStatus, ResolvedNode } from './bitmaps.js';
 export { BackupJob, isJobEvent, startBlockdevBackup, startDriveBackup } from './job.js';
-export type { BackupJobOptions, BlockJobErrorInfo, JobEndStatus, JobProgress, JobResult } from './job.js';
+export type { BackupJobOptions, BlockJobErrorInfo, JobCancelOptions, JobEndStatus, JobProgress, JobResult } from './job.js';
+export { addNode, createTargetNode, removeNode, runBlockdevCreate } from './nodes.js';
+export type { TargetNodeOptions } from './nodes.js';
 export { Transaction } from './transaction.js';
 export type { CompletionMode, TransactionRun } from './transaction.js';
 export { BackupChain, BackupChainGroup, DEFAULT_BITMAP, DEFAULT_BITMAP_PREFIX } from './chain.js';

@@ -35,6 +35,11 @@ export interface JobProgress {
   total: number;
 }
 
+export interface JobCancelOptions extends CallOptions {
+  /** Cancel with `block-job-cancel` and `force: true` instead of `job-cancel`. */
+  force?: boolean;
+}
+
 export interface BackupJobOptions extends CallOptions {
   /** Poll `query-jobs` every `progressInterval` ms and report here while the job runs. */
   onProgress?: (progress: JobProgress) => void;
@@ -320,9 +325,15 @@ export class BackupJob {
     await execute(this.#qmp, 'job-resume', { id: this.id }, options);
   }
 
-  /** Ask QEMU to cancel the job; `result` then reports 'cancelled' (or 'completed' if it won the race). */
-  async cancel(options: CallOptions = {}): Promise<void> {
-    await execute(this.#qmp, 'job-cancel', { id: this.id }, options);
+  /**
+   * Ask QEMU to cancel the job; `result` then reports 'cancelled' (or 'completed' if it won the
+   * race). `force: true` sends `block-job-cancel` with `force`, which also cancels a job that is
+   * paused or whose completion would otherwise be triggered (a mirror that is ready).
+   */
+  async cancel(options: JobCancelOptions = {}): Promise<void> {
+    const { force, ...call } = options;
+    if (force === true) await execute(this.#qmp, 'block-job-cancel', { device: this.id, force: true }, call);
+    else await execute(this.#qmp, 'job-cancel', { id: this.id }, call);
   }
 
   /** With auto-finalize false: finalize a job waiting in 'pending'. */

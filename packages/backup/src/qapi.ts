@@ -10,6 +10,8 @@ export type {
   BlockDirtyInfo,
   BlockInfo,
   BlockdevBackup,
+  BlockdevCreateOptions,
+  BlockdevOptions,
   BlockdevOnError,
   DriveBackup,
   JobInfo,

@@ -39,6 +39,10 @@ const ZERO: RangeContent = { kind: 'zero' };
 
 export interface ImageLayer {
   readonly file: string;
+  /** 'qcow2' or 'raw'. */
+  readonly format: 'qcow2' | 'raw';
+  /** The next image of the chain, if any. */
+  readonly backing: ImageLayer | undefined;
   /** Guest size in bytes. */
   readonly size: number;
   /** The smallest cluster in this layer and its backing chain: ranges this big never straddle a cluster. */
@@ -83,6 +87,8 @@ function entryOffset(high: number, low: number): number {
 
 class RawLayer implements ImageLayer {
   readonly chainGranule = 64 * 1024;
+  readonly format = 'raw';
+  readonly backing = undefined;
   constructor(readonly file: string, readonly size: number, private readonly fd: number) {}
 
   content(offset: number): RangeContent {
@@ -104,6 +110,7 @@ class RawLayer implements ImageLayer {
 
 class Qcow2Layer implements ImageLayer {
   readonly chainGranule: number;
+  readonly format = 'qcow2';
   readonly #entriesPerL2: number;
 
   constructor(
@@ -114,7 +121,7 @@ class Qcow2Layer implements ImageLayer {
     /** The L2 table of each L1 entry, undefined where the L1 entry is empty. */
     private readonly l2Tables: ReadonlyArray<Buffer | undefined>,
     private readonly zeroFlag: boolean,
-    private readonly backing: ImageLayer | undefined,
+    readonly backing: ImageLayer | undefined,
   ) {
     this.#entriesPerL2 = clusterSize / 8;
     this.chainGranule = Math.min(clusterSize, backing?.chainGranule ?? clusterSize);

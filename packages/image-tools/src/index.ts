@@ -37,6 +37,8 @@ export type {
   WriteRequest,
 } from './qemu-io.js';
 export { compareImages } from './image-compare.js';
+export { mapImageData, setBackingFile } from './image-map.js';
+export type { DataExtent, ImageDataMap, MapImageOptions, SetBackingFileOptions } from './image-map.js';
 export type { CompareImagesOptions, ImageComparison } from './image-compare.js';
 export { createQcow2Image } from './qcow2-create.js';
 export type { Qcow2ImageOptions } from './qcow2-create.js';
