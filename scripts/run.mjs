@@ -8,6 +8,8 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:f
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { QemuInstallError, ensureQemuSeries } from './qemu-install.mjs';
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const PNPM_VERSION = '12.4.2';
 const QEMU_BINARIES = ['qemu-system-x86_64', 'qemu-img', 'qemu-io', 'qemu-storage-daemon'];
@@ -69,8 +71,22 @@ function ensureDependencies() {
   mustRun('pnpm', ['install', '--frozen-lockfile', '--prefer-offline']);
 }
 
+// The other supported QEMU releases (10.0 from bookworm-backports, 11.1 from sid) under
+// /opt/qmpkit-qemu, for the test matrix and `npm run conformance -- --qemu <version>`.
+// A no-op without network when they are installed; QMPKIT_QEMU_SERIES=none skips them.
+function ensureQemuReleases() {
+  try {
+    ensureQemuSeries();
+  } catch (error) {
+    if (!(error instanceof QemuInstallError)) throw error;
+    log(error.message);
+    process.exit(1);
+  }
+}
+
 export function setup() {
   ensureQemu();
+  ensureQemuReleases();
   ensurePnpm();
   ensureDependencies();
 }
