@@ -138,6 +138,34 @@ export class PrivateApt {
     this.getQuiet(['download', ...specs], dest);
   }
 
+  /**
+   * The record of source package `pkg` at `version` in the private Sources indices: its pool
+   * directory, files with their SHA-256 (from the signed index) and the mirror it came from.
+   */
+  sourceRecord(pkg, version) {
+    const result = spawnSync('apt-cache', [...this.options, 'showsrc', pkg], { encoding: 'utf8' });
+    for (const stanza of parseDeb822(result.stdout ?? '')) {
+      if (stanza.version !== version) continue;
+      const files = (stanza['checksums-sha256'] ?? '')
+        .split(/\s+(?=[0-9a-f]{64}\s)/)
+        .map((entry) => entry.trim().split(/\s+/))
+        .filter((fields) => fields.length === 3)
+        .map(([sha256, size, name]) => ({ sha256, size: Number(size), name }));
+      return { directory: stanza.directory, files };
+    }
+    return undefined;
+  }
+
+  /**
+   * Downloads one file of the archive with apt's own transport (same proxy and mirror settings)
+   * and checks it against `sha256`, which comes from the signed index: nothing unverified is kept.
+   */
+  downloadVerified(mirror, path, dest, sha256) {
+    execFileSync('/usr/lib/apt/apt-helper', [...this.options, 'download-file', `${mirror}/${path}`, dest, `SHA256:${sha256}`], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+  }
+
   /** Downloads a source package (`pkg=version`) into `dest` without unpacking it. */
   source(spec, dest) {
     this.getQuiet(['--download-only', 'source', spec], dest);
