@@ -23,7 +23,7 @@
 // CLI: node scripts/qemu-install.mjs [--force] [--status] [series...]
 //      (default: every non-system series, or $QMPKIT_QEMU_SERIES, comma-separated; 'none' skips)
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, openSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, statSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -108,6 +108,60 @@ export function ensureQemuSeries(series = wantedSeries(), { prefix = QEMU_PREFIX
   }
   const result = spawnSync(process.execPath, [self, ...todo], { stdio: 'inherit', env: { ...process.env, QMPKIT_QEMU_PREFIX: prefix } });
   if (result.status !== 0) throw new QemuInstallError(`installing QEMU ${todo.join(', ')} failed (see above)`);
+}
+
+/** The binaries tests and the conformance app are pointed at, by environment variable. */
+export const QEMU_ENVIRONMENT = {
+  QEMU_SYSTEM: 'qemu-system-x86_64',
+  QEMU_IMG: 'qemu-img',
+  QEMU_IO: 'qemu-io',
+  QEMU_NBD: 'qemu-nbd',
+  QEMU_STORAGE_DAEMON: 'qemu-storage-daemon',
+};
+
+function systemBinary(tool) {
+  const result = spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { encoding: 'utf8' });
+  return result.status === 0 ? result.stdout.trim() : undefined;
+}
+
+/**
+ * The QEMU binaries `spec` names: a series or version ('7.2' or 'system' for the system's QEMU,
+ * '10.0', '11.1', '10.0.2', ...), or a path (a directory holding the tools, or one of them).
+ * Returns { label, binDir, binaries: { tool: path } }; throws QemuInstallError naming what was
+ * not found.
+ */
+export function resolveQemu(spec, prefix = QEMU_PREFIX) {
+  const series = /^\d+\.\d+/.exec(spec)?.[0];
+  if (spec === 'system' || series === QEMU_SERIES.find((s) => QEMU_RELEASES[s].install === 'system')) {
+    const binaries = Object.fromEntries(QEMU_TOOLS.map((t) => [t, systemBinary(t)]));
+    const missing = QEMU_TOOLS.filter((t) => binaries[t] === undefined);
+    if (missing.length > 0) throw new QemuInstallError(`the system QEMU lacks ${missing.join(', ')} (npm run setup installs it)`);
+    return { label: 'system QEMU', binDir: dirname(binaries['qemu-system-x86_64']), binaries };
+  }
+  if (series !== undefined && !spec.includes('/')) {
+    if (QEMU_RELEASES[series] === undefined) throw new QemuInstallError(`QEMU ${spec} is not a supported release (${QEMU_SERIES.join(', ')}); pass a path instead`);
+    const manifest = readManifest(series, prefix);
+    if (manifest === undefined) throw new QemuInstallError(`QEMU ${series} is not installed under ${prefix}: run \`node scripts/qemu-install.mjs ${series}\``);
+    if (spec !== series && manifest.version !== spec) throw new QemuInstallError(`QEMU ${series} here is ${manifest.version}, not ${spec}`);
+    return { label: `QEMU ${manifest.version} (${manifest.debianVersion})`, binDir: manifest.bin, binaries: manifest.binaries };
+  }
+  const path = resolve(spec);
+  if (!existsSync(path)) throw new QemuInstallError(`${spec}: no such file or directory`);
+  let dir = path;
+  if (!statSync(path).isDirectory()) dir = dirname(path);
+  else if (!existsSync(join(dir, 'qemu-system-x86_64')) && existsSync(join(dir, 'bin', 'qemu-system-x86_64'))) dir = join(dir, 'bin');
+  const binaries = Object.fromEntries(QEMU_TOOLS.map((t) => [t, join(dir, t)]));
+  if (!existsSync(binaries['qemu-system-x86_64'])) throw new QemuInstallError(`${dir} holds no qemu-system-x86_64`);
+  return { label: dir, binDir: dir, binaries };
+}
+
+/** Environment variables (QEMU_SYSTEM, ..., and PATH with the tools first) for running against `resolved`. */
+export function qemuEnvironment(resolved, base = process.env) {
+  const env = { ...base, PATH: `${resolved.binDir}:${base.PATH ?? ''}` };
+  for (const [variable, tool] of Object.entries(QEMU_ENVIRONMENT)) {
+    if (existsSync(resolved.binaries[tool] ?? '')) env[variable] = resolved.binaries[tool];
+  }
+  return env;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -577,7 +577,7 @@ function structMembers(schema: Schema, name: string): readonly Member[] {
 /**
  * The top-level argument names a command accepts: inline members, or a struct's members with its
  * bases, or for a (boxed) union its base members plus every branch's members; `required` holds
- * what every variant needs. Sorted, so the table is deterministic.
+ * what every variant of every build needs. Sorted, so the table is deterministic.
  */
 export function commandArguments(schema: Schema, def: CommandDef): { names: string[]; required: string[] } {
   let members: readonly Member[] = [];
@@ -594,7 +594,8 @@ export function commandArguments(schema: Schema, def: CommandDef): { names: stri
     members = def.data;
   }
   const names = [...new Set([...members.map((m) => m.name), ...branchNames])].sort();
-  const required = members.filter((m) => !m.optional).map((m) => m.name).sort();
+  // A required member under an `if` exists only in some builds: not demanded of every QEMU.
+  const required = members.filter((m) => !m.optional && m.if === undefined).map((m) => m.name).sort();
   return { names, required };
 }
 
@@ -611,6 +612,10 @@ export function emitVersionsTable(versions: readonly { series: string; input: st
     `import type { QmpCommandArguments, QmpCommandInfo, QmpEventInfo } from './qemu-${versions[0]?.series ?? ''}/index.js';\n\n` +
     `/** A QEMU release series with generated types: \`import type { QmpCommands } from '@qmpkit/schema/qemu-<series>'\`. */\n` +
     `export type QemuSeries = ${versions.map((v) => quote(v.series)).join(' | ')};\n\n` +
+    `/** The command and event maps of every series: \`QmpClient<QmpSchemaMaps['10.0']['commands'], QmpSchemaMaps['10.0']['events']>\`. */\n` +
+    `export interface QmpSchemaMaps {\n` +
+    versions.map((v) => `  ${quote(v.series)}: { commands: ${id(v.series)}.QmpCommands; events: ${id(v.series)}.QmpEvents };\n`).join('') +
+    `}\n\n` +
     `/** The runtime facts of one series' schema. */\n` +
     `export interface QmpSchemaVersion {\n` +
     `  readonly series: QemuSeries;\n  readonly qapiSource: string;\n` +

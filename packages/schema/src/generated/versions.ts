@@ -8,6 +8,12 @@ import type { QmpCommandArguments, QmpCommandInfo, QmpEventInfo } from './qemu-7
 /** A QEMU release series with generated types: `import type { QmpCommands } from '@qmpkit/schema/qemu-<series>'`. */
 export type QemuSeries = '7.2' | '10.0';
 
+/** The command and event maps of every series: `QmpClient<QmpSchemaMaps['10.0']['commands'], QmpSchemaMaps['10.0']['events']>`. */
+export interface QmpSchemaMaps {
+  '7.2': { commands: qemu_7_2.QmpCommands; events: qemu_7_2.QmpEvents };
+  '10.0': { commands: qemu_10_0.QmpCommands; events: qemu_10_0.QmpEvents };
+}
+
 /** The runtime facts of one series' schema. */
 export interface QmpSchemaVersion {
   readonly series: QemuSeries;
