@@ -4,7 +4,7 @@
 // Every step is idempotent, so `npm test` and `npm run conformance` work on a fresh
 // machine and cost a few seconds on a prepared one.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -154,6 +154,17 @@ function conformanceArgs(args) {
   };
 }
 
+/** The repository scripts' own unit tests (node:test), counted with the packages'. */
+function testScripts(resultsDir) {
+  const result = spawnSync('node', ['--test', '--test-reporter=tap', 'scripts/qemu-install.test.mjs'], { cwd: root, env, encoding: 'utf8' });
+  process.stdout.write(result.stdout ?? '');
+  process.stderr.write(result.stderr ?? '');
+  const count = (name) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(result.stdout ?? '')?.[1] ?? 0);
+  const record = { name: 'scripts', passed: count('pass'), failed: count('fail') + count('cancelled'), skipped: count('skipped') + count('todo') };
+  writeFileSync(join(resultsDir, 'scripts.json'), `${JSON.stringify(record)}\n`);
+  return result.status ?? 1;
+}
+
 const tasks = {
   setup: () => {},
   build: () => turbo('build'),
@@ -182,8 +193,9 @@ const tasks = {
       timings.push(`QEMU ${series} ${Math.round((Date.now() - started) / 1000)} s`);
     }
     log(`test matrix: ${timings.join(', ')}`);
+    const scriptsStatus = testScripts(resultsDir);
     const packagingStatus = run('node', ['scripts/test-packaging.mjs']);
-    process.exit(summarizeTests(resultsDir, testStatus === 0 && packagingStatus === 0));
+    process.exit(summarizeTests(resultsDir, testStatus === 0 && packagingStatus === 0 && scriptsStatus === 0));
   },
   conformance: (extra) => {
     const cli = join(root, 'apps/conformance/src/cli.ts');
