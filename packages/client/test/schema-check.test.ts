@@ -12,18 +12,11 @@ import {
   QmpUnsupportedCommandError,
   type QmpTranscriptEntry,
 } from '../src/index.js';
+import { rejectionOf } from './support/fake-server.js';
 import { startQemu, type TestQemu } from './support/qemu.js';
 
 type Loose = QmpClient<LooseCommands, LooseEvents>;
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection');
-}
+const rejection = rejectionOf;
 
 describe('schema check against a real QEMU', () => {
   let qemu: TestQemu;
