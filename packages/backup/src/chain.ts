@@ -3,6 +3,7 @@ import { access, mkdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { UnsupportedQcow2LayoutError, createQcow2Image, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
+import { asBlockdevBackup, attachTarget, chainBackupCommand, detachTargets, type TargetNode } from './backup-command.js';
 import { bitmapStatusOf, checkGranularity, removeBitmap, resolveNode } from './bitmaps.js';
 import type { BitmapStatus } from './bitmaps.js';
 import {
@@ -246,6 +247,8 @@ abstract class BackupChainBase {
     const tx = new Transaction();
     const prepared: PreparedDrive[] = [];
     const created: string[] = [];
+    // Targets opened as nodes for blockdev-backup (see backup-command.ts), closed when the run ends.
+    const targets: TargetNode[] = [];
     const bitmapsTouched: Array<{ node: string; name: string }> = [];
     try {
       for (const d of this.#drives) {
@@ -295,10 +298,7 @@ abstract class BackupChainBase {
         bitmapsTouched.push({ node: d.node, name });
         await this.#createTarget(target, { size }, options);
         created.push(target);
-        tx.driveBackup(
-          { ...this.#backupArgs(d.node, target, 'full', run, options), sync: 'full' },
-          this.#jobOptions(d.node, options),
-        );
+        this.#addBackup(tx, { ...this.#backupArgs(d.node, target, 'full', run, options), sync: 'full' }, this.#jobOptions(d.node, options), targets);
       }
     } catch (error) {
       await Promise.all(created.map((f) => rm(f, { force: true })));
@@ -307,7 +307,7 @@ abstract class BackupChainBase {
     // An existing chain is about to lose its bitmaps' state: mark it until the outcome is known.
     const previous = this.#manifest;
     if (previous) await this.#markPending(previous, { run, kind: 'full', created });
-    const results = await this.#runTransaction(tx, options, created, previous);
+    const results = await this.#runTransaction(tx, options, created, previous, targets);
     // The job that failed explains the run better than the ones cancelled because of it.
     const failed = results.find((r) => r.status === 'failed') ?? results.find((r) => r.status !== 'completed');
     if (failed) {
@@ -420,14 +420,15 @@ abstract class BackupChainBase {
       throw error;
     }
     const tx = new Transaction();
+    const targets: TargetNode[] = [];
     if (this.#drives.length > 1) tx.completionMode('grouped');
     for (const p of prepared) {
       const args = this.#backupArgs(p.options.node, p.target, kind === 'incremental' ? 'incremental' : 'bitmap', run, options);
       args.bitmap = p.drive.bitmap;
       if (kind === 'differential') args['bitmap-mode'] = 'never';
-      tx.driveBackup(args, this.#jobOptions(p.options.node, options));
+      this.#addBackup(tx, args, this.#jobOptions(p.options.node, options), targets);
     }
-    const results = await this.#runTransaction(tx, options, created, manifest);
+    const results = await this.#runTransaction(tx, options, created, manifest, targets);
     // The job that failed explains the run better than the ones cancelled because of it.
     const failed = results.find((r) => r.status === 'failed') ?? results.find((r) => r.status !== 'completed');
     if (failed) {
@@ -568,17 +569,36 @@ abstract class BackupChainBase {
     await rm(target, { force: true });
   }
 
+  /** Adds one backup job to `tx` with the command the connected QEMU prefers (backup-command.ts). */
+  #addBackup(tx: Transaction, args: DriveBackup, jobOptions: BackupJobOptions, targets: TargetNode[]): void {
+    if (chainBackupCommand(this.#qmp) === 'drive-backup') {
+      tx.driveBackup(args, jobOptions);
+      return;
+    }
+    const converted = asBlockdevBackup(args);
+    targets.push(converted.target);
+    tx.blockdevBackup(converted.args, jobOptions);
+  }
+
   async #runTransaction(
     tx: Transaction,
     options: ChainBackupOptions,
     created: string[],
     before: Manifest | undefined,
+    targets: readonly TargetNode[],
   ): Promise<JobResult[]> {
     let started;
+    const callOptions = this.#callOptions(options);
+    const attached: TargetNode[] = [];
     try {
-      started = await tx.run(this.#qmp, this.#callOptions(options));
+      for (const target of targets) {
+        await attachTarget(this.#qmp, target, callOptions);
+        attached.push(target);
+      }
+      started = await tx.run(this.#qmp, callOptions);
     } catch (error) {
-      // QEMU refused the transaction: nothing ran, so nothing is pending.
+      // QEMU refused a target or the transaction: nothing ran, so nothing is pending.
+      await detachTargets(this.#qmp, attached, {}, false);
       await Promise.all(created.map((f) => rm(f, { force: true })));
       if (before) {
         await writeManifest(this.manifestPath, before);
@@ -587,15 +607,22 @@ abstract class BackupChainBase {
       throw error;
     }
     started.jobs.forEach((job) => options.onJob?.(job, job.device));
+    let results: JobResult[];
     try {
-      return await started.results();
+      results = await started.results();
     } catch (error) {
       // Tracking failed (timeout, abort, QEMU gone): the outcome is unknown, the run stays
       // pending in the manifest. Cancel what may still run so its bitmap is merged back.
       await Promise.all(started.jobs.map((j) => j.abandon()));
+      await detachTargets(this.#qmp, attached, {}, false);
       await Promise.all(created.map((f) => rm(f, { force: true })));
       throw error;
     }
+    // Every job has ended: close the targets, so QEMU's image lock does not outlive the run
+    // (verify and restore open them next). A target that will not close leaves the run
+    // unrecorded (pending), like any other unknown outcome.
+    await detachTargets(this.#qmp, attached, callOptions, true);
+    return results;
   }
 
   #failure(failed: JobResult, results: JobResult[]): BackupJobError {
