@@ -12,7 +12,10 @@ class ResultsFileReporter {
     const dir = process.env.QMPKIT_TEST_RESULTS_DIR;
     if (!dir) return;
     fs.mkdirSync(dir, { recursive: true });
-    const name = JSON.parse(fs.readFileSync(path.join(this.rootDir, 'package.json'), 'utf8')).name;
+    const pkg = JSON.parse(fs.readFileSync(path.join(this.rootDir, 'package.json'), 'utf8')).name;
+    // The test matrix runs packages again on other QEMU releases; each run keeps its own record.
+    const series = process.env.QMPKIT_TEST_SERIES;
+    const name = series ? `${pkg} on QEMU ${series}` : pkg;
     const record = {
       name,
       passed: results.numPassedTests,
@@ -20,7 +23,7 @@ class ResultsFileReporter {
       skipped: results.numPendingTests + results.numTodoTests,
       suites: results.numTotalTestSuites,
     };
-    fs.writeFileSync(path.join(dir, `${name.replace(/[@/]/g, '_')}.json`), JSON.stringify(record) + '\n');
+    fs.writeFileSync(path.join(dir, `${name.replace(/[@/ ]/g, '_')}.json`), JSON.stringify(record) + '\n');
   }
 }
 

@@ -4,9 +4,11 @@
 // Every step is idempotent, so `npm test` and `npm run conformance` work on a fresh
 // machine and cost a few seconds on a prepared one.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { QemuInstallError, ensureQemuSeries, qemuEnvironment, readManifest, resolveQemu, wantedSeries } from './qemu-install.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const PNPM_VERSION = '12.4.2';
@@ -69,8 +71,22 @@ function ensureDependencies() {
   mustRun('pnpm', ['install', '--frozen-lockfile', '--prefer-offline']);
 }
 
+// The other supported QEMU releases (10.0 from bookworm-backports, 11.1 from sid) under
+// /opt/qmpkit-qemu, for the test matrix and `npm run conformance -- --qemu <version>`.
+// A no-op without network when they are installed; QMPKIT_QEMU_SERIES=none skips them.
+function ensureQemuReleases() {
+  try {
+    ensureQemuSeries();
+  } catch (error) {
+    if (!(error instanceof QemuInstallError)) throw error;
+    log(error.message);
+    process.exit(1);
+  }
+}
+
 export function setup() {
   ensureQemu();
+  ensureQemuReleases();
   ensurePnpm();
   ensureDependencies();
 }
@@ -94,21 +110,92 @@ function summarizeTests(dir, allExitedCleanly) {
   return totals.failed === 0 && allExitedCleanly ? 0 : 1;
 }
 
+/**
+ * The QEMU releases `npm test` runs the real-QEMU tests on besides the system's:
+ * $QMPKIT_TEST_MATRIX (comma-separated series, or 'none'), default every series the set-up
+ * installs. The schema package is not re-run: its parity test already checks every series.
+ */
+function matrixSeries() {
+  const value = process.env.QMPKIT_TEST_MATRIX?.trim();
+  if (value === 'none') return [];
+  const series = value ? value.split(',').map((s) => s.trim()).filter(Boolean) : wantedSeries();
+  for (const name of series) {
+    if (readManifest(name) === undefined) {
+      log(`QMPKIT_TEST_MATRIX names QEMU ${name}, which is not installed (see QMPKIT_QEMU_SERIES)`);
+      process.exit(2);
+    }
+  }
+  return series;
+}
+
+/** Replaces `--qemu <series|version|path>` in `args` by the conformance CLI's per-binary options. */
+function conformanceArgs(args) {
+  const at = args.findIndex((a) => a === '--qemu' || a.startsWith('--qemu='));
+  if (at === -1) return { args, env };
+  const spec = args[at].startsWith('--qemu=') ? args[at].slice('--qemu='.length) : args[at + 1];
+  if (spec === undefined || spec === '') {
+    log('--qemu needs a value: a release (7.2, 10.0, 11.1, or an installed version such as 11.1.3) or a path');
+    process.exit(2);
+  }
+  let resolved;
+  try {
+    resolved = resolveQemu(spec);
+  } catch (error) {
+    if (!(error instanceof QemuInstallError)) throw error;
+    log(error.message);
+    process.exit(2);
+  }
+  log(`conformance on ${resolved.label}`);
+  const rest = [...args.slice(0, at), ...args.slice(at + (args[at].includes('=') ? 1 : 2))];
+  const b = resolved.binaries;
+  return {
+    args: ['--qemu-system', b['qemu-system-x86_64'], '--qemu-img', b['qemu-img'], '--qemu-io', b['qemu-io'], ...rest],
+    env: qemuEnvironment(resolved, env),
+  };
+}
+
+/** The repository scripts' own unit tests (node:test), counted with the packages'. */
+function testScripts(resultsDir) {
+  const result = spawnSync('node', ['--test', '--test-reporter=tap', 'scripts/qemu-install.test.mjs'], { cwd: root, env, encoding: 'utf8' });
+  process.stdout.write(result.stdout ?? '');
+  process.stderr.write(result.stderr ?? '');
+  const count = (name) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(result.stdout ?? '')?.[1] ?? 0);
+  const record = { name: 'scripts', passed: count('pass'), failed: count('fail') + count('cancelled'), skipped: count('skipped') + count('todo') };
+  writeFileSync(join(resultsDir, 'scripts.json'), `${JSON.stringify(record)}\n`);
+  return result.status ?? 1;
+}
+
 const tasks = {
   setup: () => {},
   build: () => turbo('build'),
   typecheck: () => turbo('typecheck'),
   // Tests of different packages start QEMU and spawn qemu-img; on two cores they are run one
-  // package at a time so timeouts measure QEMU, not contention between suites.
+  // package at a time so timeouts measure QEMU, not contention between suites. After the whole
+  // run on the system QEMU, the packages that start QEMU run again on each release of the matrix.
   test: (extra) => {
     const resultsDir = join(root, 'node_modules', '.cache', 'qmpkit-test-results');
     rmSync(resultsDir, { recursive: true, force: true });
     mkdirSync(resultsDir, { recursive: true });
     env.QMPKIT_TEST_RESULTS_DIR = resultsDir;
     turbo('build', 'typecheck');
-    const testStatus = run('pnpm', ['exec', 'turbo', 'run', 'test', '--concurrency=1', '--continue', '--output-logs=new-only', ...extra]);
+    const timings = [];
+    let started = Date.now();
+    const turboTest = ['exec', 'turbo', 'run', 'test', '--concurrency=1', '--continue', '--output-logs=new-only'];
+    let testStatus = run('pnpm', [...turboTest, ...extra]);
+    timings.push(`system QEMU ${Math.round((Date.now() - started) / 1000)} s`);
+    for (const series of matrixSeries()) {
+      started = Date.now();
+      const resolved = resolveQemu(series);
+      log(`test matrix: the packages that run QEMU, on ${resolved.label}`);
+      const matrixEnv = { ...qemuEnvironment(resolved, env), QMPKIT_TEST_SERIES: series };
+      const status = run('pnpm', [...turboTest, '--filter=!@qmpkit/schema', ...extra], { env: matrixEnv });
+      if (status !== 0) testStatus = status;
+      timings.push(`QEMU ${series} ${Math.round((Date.now() - started) / 1000)} s`);
+    }
+    log(`test matrix: ${timings.join(', ')}`);
+    const scriptsStatus = testScripts(resultsDir);
     const packagingStatus = run('node', ['scripts/test-packaging.mjs']);
-    process.exit(summarizeTests(resultsDir, testStatus === 0 && packagingStatus === 0));
+    process.exit(summarizeTests(resultsDir, testStatus === 0 && packagingStatus === 0 && scriptsStatus === 0));
   },
   conformance: (extra) => {
     const cli = join(root, 'apps/conformance/src/cli.ts');
@@ -117,7 +204,9 @@ const tasks = {
       process.exit(2);
     }
     turbo('build', '--filter=@qmpkit/conformance...');
-    process.exit(run('node', ['apps/conformance/dist/cli.js', ...extra]));
+    // `--qemu 11.1` (or 10.0, 7.2, an installed version, a path) picks the binaries.
+    const picked = conformanceArgs(extra);
+    process.exit(run('node', ['apps/conformance/dist/cli.js', ...picked.args], { env: picked.env }));
   },
   'bench:qmp': () => {
     turbo('build', '--filter=@qmpkit/client...');

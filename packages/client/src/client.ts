@@ -10,13 +10,9 @@ import {
   QmpProtocolError,
   QmpTimeoutError,
 } from './errors.js';
-import {
-  qmpCommandInfo,
-  type QmpCommandInfo,
-  type QmpCommands,
-  type QmpEvents,
-  type QmpOobCommandName,
-} from '@qmpkit/schema';
+import type { QmpCommandInfo, QmpCommands, QmpEvents, QmpOobCommandName } from '@qmpkit/schema';
+
+import { type QmpSchemaCheck, type QmpSchemaInfoEntry, QmpSchemaView } from './schema-view.js';
 import { QmpEventHub, kDispatch, kEnd, type EventHubOptions, type EventSpecs } from './events.js';
 import { describeThrown, excerptOf } from './excerpt.js';
 import {
@@ -130,11 +126,20 @@ export interface ConnectOptions {
    */
   transcript?: (entry: QmpTranscriptEntry) => void;
   /**
-   * Called before sending a command that QEMU 7.2's schema marks `deprecated` (e.g.
-   * `drive-backup`), once per command sent. Off by default; `process.emitWarning` is a
-   * common choice.
+   * Called before sending a command that the connected QEMU's schema marks `deprecated` (e.g.
+   * `drive-backup`), once per command sent: the generated schema of the greeting's series (for
+   * a series newer than any generated, the newest older one), or the server's own after
+   * `loadSchema()`. Off by default; `process.emitWarning` is a common choice.
    */
   onDeprecatedCommand?: (name: string, info: QmpCommandInfo) => void;
+  /**
+   * Check commands and their top-level arguments before sending, and fail fast with
+   * `QmpUnsupportedCommandError` / `QmpUnsupportedArgumentError` instead of QEMU's generic
+   * errors: `'greeting'` against the generated schema of the greeting's series (when
+   * @qmpkit/schema has it), `'introspect'` against `query-qmp-schema`, read while connecting.
+   * Default `'off'` (a later `loadSchema()` turns the check on).
+   */
+  schemaCheck?: QmpSchemaCheck;
 }
 
 export interface CloseOptions {
@@ -434,6 +439,8 @@ export class QmpClient<
   readonly #transcript: ((entry: QmpTranscriptEntry) => void) | undefined;
   readonly #commandTimeout: number | undefined;
   readonly #onDeprecatedCommand: ((name: string, info: QmpCommandInfo) => void) | undefined;
+  #schemaCheck: QmpSchemaCheck;
+  #schema: QmpSchemaView | undefined;
   #state: State = { kind: 'connecting' };
   #nextId = 0;
   #greeting: QmpGreeting | undefined;
@@ -455,6 +462,7 @@ export class QmpClient<
     this.#transcript = options.transcript;
     this.#commandTimeout = options.commandTimeout;
     this.#onDeprecatedCommand = options.onDeprecatedCommand;
+    this.#schemaCheck = options.schemaCheck ?? 'off';
     const hubOptions: EventHubOptions<E> = {};
     if (options.eventHistorySize !== undefined) hubOptions.historySize = options.eventHistorySize;
     if (this.#transcript) {
@@ -493,6 +501,7 @@ export class QmpClient<
     const client = new QmpClient<C, E, O>(stream, name, options);
     try {
       await client.#negotiate(options, deadline, connectTimeout);
+      if (client.#schemaCheck === 'introspect') await client.loadSchema({ timeout: Math.max(1, deadline - Date.now()), ...(signal ? { signal } : {}) });
     } catch (error) {
       client.#fail(new QmpConnectionError(`connecting to ${name} failed`, { cause: error }), false);
       // A bad greeting is the peer's fault, not the connection's: report it as such.
@@ -516,6 +525,26 @@ export class QmpClient<
   /** Server version from the greeting (`version.qemu.major` etc.). */
   get version(): QmpVersion {
     return this.greeting.QMP.version;
+  }
+
+  /**
+   * What the connected QEMU understands (commands, top-level arguments, deprecations): from the
+   * generated schema of the greeting's series, or from `query-qmp-schema` after `loadSchema()`.
+   */
+  get schema(): QmpSchemaView {
+    this.#schema ??= QmpSchemaView.fromGreeting(this.version);
+    return this.#schema;
+  }
+
+  /**
+   * Reads the server's `query-qmp-schema` and from then on checks every command against it
+   * (as `schemaCheck: 'introspect'` does while connecting). Resolves with the new view.
+   */
+  async loadSchema(options?: CommandOptions): Promise<QmpSchemaView> {
+    const entries = (await this.#send('query-qmp-schema', undefined, options, false)) as QmpSchemaInfoEntry[];
+    this.#schema = QmpSchemaView.fromIntrospection(this.version, entries);
+    this.#schemaCheck = 'introspect';
+    return this.#schema;
   }
 
   /** Capabilities the server offered in its greeting. */
@@ -694,9 +723,15 @@ export class QmpClient<
     }
     const signal = options?.signal;
     if (signal?.aborted) return Promise.reject(new QmpAbortError(`execute ${name}`, signal.reason));
-    if (this.#onDeprecatedCommand) {
-      const info = (qmpCommandInfo as Readonly<Record<string, QmpCommandInfo | undefined>>)[name];
-      if (info?.deprecated) this.#onDeprecatedCommand(name, info);
+    if (state.kind === 'ready') {
+      if (this.#schemaCheck !== 'off') {
+        const refusal = this.schema.check(name, args);
+        if (refusal !== undefined) return Promise.reject(refusal);
+      }
+      if (this.#onDeprecatedCommand) {
+        const info = this.schema.deprecation(name);
+        if (info !== undefined) this.#onDeprecatedCommand(name, info);
+      }
     }
     const id = ++this.#nextId;
     let line: string;

@@ -186,3 +186,75 @@ export class QmpEventOverflowError extends QmpError {
     return hasBrand(value, 'QmpEventOverflowError');
   }
 }
+
+/** Where a schema verdict comes from: a generated series' tables, or the server's own introspection. */
+export type QmpSchemaSource = { kind: 'generated'; series: string } | { kind: 'query-qmp-schema' };
+
+function describeSchemaSource(source: QmpSchemaSource): string {
+  return source.kind === 'generated' ? `the generated QEMU ${source.series} schema` : 'its query-qmp-schema';
+}
+
+/**
+ * The connected QEMU has no such command (by the schema check of `schemaCheck` or
+ * `loadSchema()`): raised before anything is sent, instead of QEMU's CommandNotFound.
+ */
+export class QmpUnsupportedCommandError extends QmpError {
+  protected static override readonly brand: string = 'QmpUnsupportedCommandError';
+
+  readonly command: string;
+  /** The server's version, e.g. `7.2.22`. */
+  readonly qemuVersion: string;
+  readonly source: QmpSchemaSource;
+
+  constructor(command: string, qemuVersion: string, source: QmpSchemaSource) {
+    super(`QEMU ${qemuVersion} has no QMP command '${command}' (per ${describeSchemaSource(source)}); nothing was sent`);
+    this.command = command;
+    this.qemuVersion = qemuVersion;
+    this.source = source;
+  }
+
+  static override isInstance(value: unknown): value is QmpUnsupportedCommandError {
+    return hasBrand(value, 'QmpUnsupportedCommandError');
+  }
+}
+
+/**
+ * The connected QEMU's command takes no argument of that name, or lacks a required one: raised
+ * before anything is sent, instead of QEMU's GenericError ("Parameter 'x' is unexpected").
+ */
+export class QmpUnsupportedArgumentError extends QmpError {
+  protected static override readonly brand: string = 'QmpUnsupportedArgumentError';
+
+  readonly command: string;
+  /** Arguments given that the command does not take. */
+  readonly unknown: readonly string[];
+  /** Required arguments that were not given. */
+  readonly missing: readonly string[];
+  /** Every argument the command takes on this QEMU. */
+  readonly accepted: readonly string[];
+  readonly qemuVersion: string;
+  readonly source: QmpSchemaSource;
+
+  constructor(
+    command: string,
+    details: { unknown: readonly string[]; missing: readonly string[]; accepted: readonly string[] },
+    qemuVersion: string,
+    source: QmpSchemaSource,
+  ) {
+    const parts = [
+      ...(details.unknown.length > 0 ? [`takes no argument ${details.unknown.map((a) => `'${a}'`).join(', ')}`] : []),
+      ...(details.missing.length > 0 ? [`needs ${details.missing.map((a) => `'${a}'`).join(', ')}`] : []),
+    ];
+    super(`QMP command '${command}' of QEMU ${qemuVersion} ${parts.join(' and ')} (per ${describeSchemaSource(source)}); nothing was sent`);
+    this.command = command;
+    this.unknown = details.unknown;
+    this.missing = details.missing;
+    this.accepted = details.accepted;
+    this.qemuVersion = qemuVersion;
+    this.source = source;
+  }
+
+  static override isInstance(value: unknown): value is QmpUnsupportedArgumentError {
+    return hasBrand(value, 'QmpUnsupportedArgumentError');
+  }
+}

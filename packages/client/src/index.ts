@@ -26,6 +26,9 @@ export type {
   StreamOptions,
   WaitOptions,
 } from './events.js';
+export { QmpSchemaView } from './schema-view.js';
+export type { QmpSchemaCheck, QmpSchemaInfoEntry } from './schema-view.js';
+export type { QmpClientFor } from './client-for.js';
 export {
   QmpAbortError,
   QmpCommandError,
@@ -35,7 +38,10 @@ export {
   QmpNegotiationError,
   QmpProtocolError,
   QmpTimeoutError,
+  QmpUnsupportedArgumentError,
+  QmpUnsupportedCommandError,
 } from './errors.js';
+export type { QmpSchemaSource } from './errors.js';
 export { QmpMessageParser, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MESSAGE_SIZE } from './parser.js';
 export type { QmpParserOptions } from './parser.js';
 export { serializeCommand } from './serializer.js';

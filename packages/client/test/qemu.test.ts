@@ -8,7 +8,7 @@ import {
   QmpNegotiationError,
   type QmpTranscriptEntry,
 } from '../src/index.js';
-import { BASE_ARGS, QEMU_BINARY, killAndWait, startQemu, type TestQemu } from './support/qemu.js';
+import { BASE_ARGS, QEMU_BINARY, binaryVersion, killAndWait, startQemu, type TestQemu } from './support/qemu.js';
 
 // A slice of QEMU 7.2's command and event maps, written out so these tests check the
 // client's typing without depending on @qmpkit/schema.
@@ -61,8 +61,8 @@ describe('against a real QEMU', () => {
 
   test('reads the greeting and negotiates capabilities', () => {
     expect(qmp.state).toBe('ready');
-    expect(qmp.version.qemu.major).toBe(7);
-    expect(qmp.version.qemu.minor).toBe(2);
+    // The matrix runs this on every supported release: the greeting names the binary's own.
+    expect(qmp.version.qemu).toEqual(binaryVersion());
     expect(qmp.capabilities).toContain('oob');
     expect(qmp.oob).toBe(false);
     expect(transcript[0]).toMatchObject({ direction: 'in', message: { QMP: { capabilities: ['oob'] } } });
@@ -228,7 +228,7 @@ describe('negotiation against a real QEMU', () => {
       const qmp = await QmpClient.connect<TestCommands>(stream, { connectTimeout: 20_000 });
       try {
         expect(qmp.target).toBe('stream');
-        expect(qmp.version.qemu.major).toBe(7);
+        expect(qmp.version.qemu.major).toBe(binaryVersion().major);
         await expect(qmp.execute('query-status')).resolves.toMatchObject({ status: 'running' });
       } finally {
         // QEMU keeps stdout open after stdin ends, so the close timeout decides.

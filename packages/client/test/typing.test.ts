@@ -1,4 +1,4 @@
-import { QmpClient, type ExecuteParameters, type QmpEventMessage } from '../src/index.js';
+import { QmpClient, type ExecuteParameters, type QmpClientFor, type QmpEventMessage } from '../src/index.js';
 import { FakeQmpServer } from './support/fake-server.js';
 
 // Compile-time checks (the package's typecheck covers test/): each @ts-expect-error line
@@ -76,3 +76,14 @@ test('ExecuteParameters makes args optional exactly when nothing is required', a
     await server.close();
   }
 });
+
+// QmpClientFor<series>: the maps of that release; members a release added compile only there.
+function typedPerRelease(q72: QmpClientFor<'7.2'>, q100: QmpClientFor<'10.0'>): void {
+  void q100.execute('blockdev-backup', { device: 'd', target: 't', sync: 'full', 'discard-source': true });
+  // @ts-expect-error discard-source is new in 9.1: QEMU 7.2's blockdev-backup has no such member
+  void q72.execute('blockdev-backup', { device: 'd', target: 't', sync: 'full', 'discard-source': true });
+  void q100.execute('blockdev-set-active', { active: true });
+  // @ts-expect-error blockdev-set-active is new in 10.0
+  void q72.execute('blockdev-set-active', { active: true });
+}
+void typedPerRelease;

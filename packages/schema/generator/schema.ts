@@ -111,6 +111,8 @@ export interface Pragma {
   commandNameExceptions: string[];
   commandReturnsExceptions: string[];
   memberNameExceptions: string[];
+  /** Definitions exempt from doc-required (QEMU 8.2+). */
+  documentationExceptions: string[];
 }
 
 export interface Schema {
@@ -193,6 +195,7 @@ class Checker {
     commandNameExceptions: [],
     commandReturnsExceptions: [],
     memberNameExceptions: [],
+    documentationExceptions: [],
   };
 
   constructor(private readonly options: LoadOptions) {}
@@ -353,6 +356,9 @@ class Checker {
         case 'member-name-exceptions':
           this.pragma.memberNameExceptions.push(...this.stringList(value, info, line, `pragma '${key}'`));
           break;
+        case 'documentation-exceptions':
+          this.pragma.documentationExceptions.push(...this.stringList(value, info, line, `pragma '${key}'`));
+          break;
         default:
           this.fail(info, line, `unknown pragma '${key}'`);
       }
@@ -486,7 +492,7 @@ class Checker {
   private common(expr: QDict, meta: string, info: SourceInfo, doc: DocBlock | undefined) {
     const name = this.name(expr, meta, info);
     const defDoc = doc?.symbol === name ? doc : undefined;
-    if (this.pragma.docRequired && defDoc === undefined) {
+    if (this.pragma.docRequired && defDoc === undefined && !this.pragma.documentationExceptions.includes(name)) {
       this.fail(info, info.line, `definition '${name}' has no doc comment (pragma doc-required is on)`);
     }
     return {

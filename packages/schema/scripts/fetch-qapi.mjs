@@ -1,43 +1,46 @@
 #!/usr/bin/env node
-// Fetches the QAPI schema sources of the QEMU that Debian 12 ships, from Debian's `qemu` source
-// package at a pinned version, into packages/schema/qapi-src/ (git-ignored).
+// Fetches the QAPI schema sources of every supported QEMU release from Debian's `qemu` source
+// package at its pinned version (scripts/qemu-releases.mjs at the repository root) into
+// packages/schema/qapi-src/<series>/ (git-ignored): 7.2 from bookworm, 10.0 from
+// bookworm-backports, 11.1 from sid.
 //
-// apt runs with a private sources list, list directory and cache, so the machine's apt configuration
-// is neither read for sources nor modified. apt verifies the downloaded files against the signed
-// Sources index, and dpkg-source applies Debian's patches (Debian's 7.2 builds carry the upstream
-// 7.2.x stable fixes as patches, some of which touch qapi/*.json).
+// The mirror is the one the machine's apt configuration names (no archive host is written
+// here). apt runs with a private sources list, list directory and cache, so the system's apt
+// configuration is neither read for sources nor modified; apt verifies the Sources index against
+// Debian's archive keyring and the downloaded files against the index. dpkg-source applies
+// Debian's patches (Debian's builds carry upstream stable fixes as patches, some touching
+// qapi/*.json).
 //
-// Idempotent: when qapi-src/SOURCE names the pinned version, nothing is done.
+// Idempotent: a series whose qapi-src/<series>/SOURCE names the pinned version is left alone.
+// A machine-wide copy under <QEMU prefix>/qapi-src/<series>/ (default /opt/qmpkit-qemu, where the
+// QEMU installs live) serves fresh clones on the same machine without downloading again, and
+// keeps working after the archive has dropped a pinned version.
+//
+// Usage: node scripts/fetch-qapi.mjs [--force] [--all] [--without-dpkg-source] [series...]
+// (default: the series whose types are committed; --all: every pinned series, those without
+// committed types on a best-effort basis)
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { QEMU_SOURCE_PACKAGE, QEMU_SOURCE_VERSION } from './qapi-source.mjs';
+import { PrivateApt, debianMirrors } from '../../../scripts/debian-archive.mjs';
+import { QEMU_RELEASES, QEMU_SERIES } from '../../../scripts/qemu-releases.mjs';
+import { QEMU_SOURCE_PACKAGE, qapiSourceDir } from './qapi-source.mjs';
 
 const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
-const outDir = join(packageDir, 'qapi-src');
-const marker = join(outDir, 'SOURCE');
-const markerText = `${QEMU_SOURCE_PACKAGE} ${QEMU_SOURCE_VERSION}\n`;
-
-const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
-const SOURCES = [
-  `deb-src [signed-by=${KEYRING}] http://deb.debian.org/debian bookworm main`,
-  `deb-src [signed-by=${KEYRING}] http://deb.debian.org/debian bookworm-updates main`,
-  `deb-src [signed-by=${KEYRING}] http://deb.debian.org/debian-security bookworm-security main`,
-];
+const machineCache = join(process.env.QMPKIT_QEMU_PREFIX ?? '/opt/qmpkit-qemu', 'qapi-src');
 
 function log(message) {
   process.stderr.write(`fetch-qapi: ${message}\n`);
 }
 
-function isFresh() {
-  return (
-    existsSync(marker) &&
-    readFileSync(marker, 'utf8') === markerText &&
-    existsSync(join(outDir, 'qapi', 'qapi-schema.json'))
-  );
+const markerText = (release) => `${QEMU_SOURCE_PACKAGE} ${release.source}${release.sourceParts === 'orig' ? ' upstream-tarball-only' : ''}\n`;
+
+function holds(dir, release) {
+  const marker = join(dir, 'SOURCE');
+  return existsSync(marker) && readFileSync(marker, 'utf8') === markerText(release) && existsSync(join(dir, 'qapi', 'qapi-schema.json'));
 }
 
 function run(cmd, args, cwd) {
@@ -46,7 +49,7 @@ function run(cmd, args, cwd) {
 
 function hasCommand(cmd) {
   try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    execFileSync('sh', ['-c', 'command -v "$1"', 'sh', cmd], { stdio: 'ignore' });
     return true;
   } catch {
     return false;
@@ -77,59 +80,154 @@ function unpackWithTar(work, dsc, dest) {
   }
 }
 
-function main() {
-  const force = process.argv.includes('--force');
-  if (!force && isFresh()) {
-    log(`qapi-src already holds ${QEMU_SOURCE_PACKAGE} ${QEMU_SOURCE_VERSION}`);
+/** deb-src lines for the release's suites, on the machine's own mirrors. */
+function sourceLines(release) {
+  const mirrors = debianMirrors();
+  const lines = [];
+  for (const suite of release.sourceSuites) {
+    const security = /-security$/.test(suite);
+    const mirror = security ? mirrors.security : mirrors.debian;
+    if (mirror === undefined) {
+      log(`no security mirror in the apt configuration; ${suite} left out`);
+      continue;
+    }
+    lines.push(`deb-src ${mirror} ${suite} main`);
+  }
+  return lines;
+}
+
+/** Copies the QAPI input out of an unpacked source tree into `dest` (replaced whole). */
+function keepQapi(src, dest, release) {
+  const staging = `${dest}.tmp-${process.pid}`;
+  rmSync(staging, { recursive: true, force: true });
+  mkdirSync(join(staging, 'qapi'), { recursive: true });
+  mkdirSync(join(staging, 'docs', 'devel'), { recursive: true });
+  for (const file of readdirSync(join(src, 'qapi'))) {
+    if (file.endsWith('.json')) cpSync(join(src, 'qapi', file), join(staging, 'qapi', file));
+  }
+  cpSync(join(src, 'docs', 'devel', 'qapi-code-gen.rst'), join(staging, 'docs', 'devel', 'qapi-code-gen.rst'));
+  // Written last: an interrupted copy has no marker and is redone next time.
+  writeFileSync(join(staging, 'SOURCE'), markerText(release));
+  rmSync(dest, { recursive: true, force: true });
+  mkdirSync(dirname(dest), { recursive: true });
+  renameSync(staging, dest);
+}
+
+/**
+ * Only the upstream tarball of the source package (`sourceParts: 'orig'`): downloaded with apt's
+ * transport and checked against the SHA-256 of the signed Sources index, then only the QAPI
+ * files are extracted from it.
+ */
+function downloadOrig(release, apt, work) {
+  const record = apt.sourceRecord(QEMU_SOURCE_PACKAGE, release.source);
+  if (record === undefined) {
+    throw new Error(
+      `Debian's ${release.sourceSuites.join('/')} does not offer source package ${QEMU_SOURCE_PACKAGE}=${release.source} ` +
+        `(it offers ${apt.sourceVersions(QEMU_SOURCE_PACKAGE).join(', ') || 'none'}), and no copy of it is kept on this machine. ` +
+        `Move the ${release.series} pin in scripts/qemu-releases.mjs and run \`pnpm --filter @qmpkit/schema run generate\``,
+    );
+  }
+  const orig = record.files.find((f) => /\.orig\.tar\.\w+$/.test(f.name));
+  if (orig === undefined) throw new Error(`${QEMU_SOURCE_PACKAGE} ${release.source} has no upstream tarball`);
+  const { debian } = debianMirrors();
+  log(`${release.series}: downloading ${orig.name} (${Math.round(orig.size / 1e6)} MB; upstream part of ${QEMU_SOURCE_PACKAGE} ${release.source})`);
+  apt.downloadVerified(debian, `${record.directory}/${orig.name}`, join(work, orig.name), orig.sha256);
+  const src = join(work, 'src');
+  mkdirSync(src);
+  run('tar', ['-xf', join(work, orig.name), '-C', src, '--strip-components=1', '--wildcards', '*/qapi/*.json', '*/docs/devel/qapi-code-gen.rst'], work);
+  return src;
+}
+
+function download(release, work) {
+  const lines = sourceLines(release);
+  const apt = new PrivateApt(join(work, 'apt'), lines);
+  log(`${release.series}: apt-get update (${release.sourceSuites.join(', ')} sources; private lists)`);
+  apt.update();
+  if (release.sourceParts === 'orig') return downloadOrig(release, apt, work);
+  const spec = `${QEMU_SOURCE_PACKAGE}=${release.source}`;
+  const offered = apt.sourceVersions(QEMU_SOURCE_PACKAGE);
+  if (!offered.includes(release.source)) {
+    throw new Error(
+      `Debian's ${release.sourceSuites.join('/')} does not offer source package ${spec} (it offers ${offered.join(', ') || 'none'}), ` +
+        `and no copy of it is kept on this machine (${join(machineCache, release.series)}). Move the ${release.series} pin in ` +
+        'scripts/qemu-releases.mjs and run `pnpm --filter @qmpkit/schema run generate`',
+    );
+  }
+  log(`${release.series}: apt-get source ${spec}`);
+  apt.source(spec, work);
+  const dsc = readdirSync(work).find((f) => f.endsWith('.dsc'));
+  if (dsc === undefined) throw new Error('apt-get source did not download a .dsc file');
+  // apt-get has already checked the files against the signed Sources index.
+  const src = join(work, 'src');
+  if (!process.argv.includes('--without-dpkg-source') && hasCommand('dpkg-source')) {
+    log(`${release.series}: unpacking ${dsc} with dpkg-source`);
+    run('dpkg-source', ['--no-check', '-x', dsc, 'src'], work);
+  } else {
+    log(`${release.series}: unpacking ${dsc} with tar and patch (dpkg-dev is not installed)`);
+    unpackWithTar(work, dsc, src);
+  }
+  return src;
+}
+
+function fetchSeries(release, force) {
+  const outDir = qapiSourceDir(packageDir, release.series);
+  if (!force && holds(outDir, release)) {
+    log(`${release.series}: qapi-src/${release.series} already holds ${QEMU_SOURCE_PACKAGE} ${release.source}`);
+    return;
+  }
+  const cached = join(machineCache, release.series);
+  if (!force && holds(cached, release)) {
+    keepQapi(cached, outDir, release);
+    log(`${release.series}: copied ${QEMU_SOURCE_PACKAGE} ${release.source} from ${cached}`);
     return;
   }
   const work = mkdtempSync(join(tmpdir(), 'qmpkit-schema-fetch-'));
   try {
-    const lists = join(work, 'lists');
-    const cache = join(work, 'cache');
-    mkdirSync(join(lists, 'partial'), { recursive: true });
-    mkdirSync(join(cache, 'archives', 'partial'), { recursive: true });
-    const sourceList = join(work, 'sources.list');
-    writeFileSync(sourceList, `${SOURCES.join('\n')}\n`);
-    const aptOptions = [
-      '-o', `Dir::Etc::SourceList=${sourceList}`,
-      '-o', 'Dir::Etc::SourceParts=/dev/null',
-      '-o', `Dir::State::Lists=${lists}`,
-      '-o', `Dir::Cache=${cache}`,
-      '-o', 'Acquire::Languages=none',
-      '-o', 'APT::Get::List-Cleanup=false',
-      // The private directories belong to root; apt's _apt sandbox user could not write them.
-      '-o', 'APT::Sandbox::User=root',
-    ];
-    log('apt-get update (private lists)');
-    run('apt-get', [...aptOptions, '-q', 'update'], work);
-    log(`apt-get source ${QEMU_SOURCE_PACKAGE}=${QEMU_SOURCE_VERSION}`);
-    run('apt-get', [...aptOptions, '-q', '--download-only', 'source', `${QEMU_SOURCE_PACKAGE}=${QEMU_SOURCE_VERSION}`], work);
-    const dsc = readdirSync(work).find((f) => f.endsWith('.dsc'));
-    if (dsc === undefined) throw new Error('apt-get source did not download a .dsc file');
-    // apt-get has already checked the files against the signed Sources index.
-    if (!process.argv.includes('--without-dpkg-source') && hasCommand('dpkg-source')) {
-      log(`unpacking ${dsc} with dpkg-source`);
-      run('dpkg-source', ['--no-check', '-x', dsc, 'src'], work);
-    } else {
-      log(`unpacking ${dsc} with tar and patch (dpkg-dev is not installed)`);
-      unpackWithTar(work, dsc, join(work, 'src'));
+    const src = download(release, work);
+    keepQapi(src, outDir, release);
+    try {
+      keepQapi(src, cached, release);
+    } catch (error) {
+      // Only a shortcut for the next clone; a machine where the prefix is not writable still works.
+      log(`${release.series}: not kept in ${cached} (${error.message})`);
     }
-    const src = join(work, 'src');
-
-    rmSync(outDir, { recursive: true, force: true });
-    mkdirSync(join(outDir, 'qapi'), { recursive: true });
-    mkdirSync(join(outDir, 'docs', 'devel'), { recursive: true });
-    for (const file of readdirSync(join(src, 'qapi'))) {
-      if (file.endsWith('.json')) cpSync(join(src, 'qapi', file), join(outDir, 'qapi', file));
-    }
-    cpSync(join(src, 'docs', 'devel', 'qapi-code-gen.rst'), join(outDir, 'docs', 'devel', 'qapi-code-gen.rst'));
-    // Written last: an interrupted run leaves no marker and is redone next time.
-    writeFileSync(marker, markerText);
-    log(`wrote ${outDir}`);
+    log(`${release.series}: wrote ${outDir}`);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
 }
 
-main();
+/** Series whose types are committed (src/generated/qemu-<series>/): their input is required. */
+function generatedSeries() {
+  const dir = join(packageDir, 'src', 'generated');
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).filter((d) => d.startsWith('qemu-')).map((d) => d.slice('qemu-'.length));
+}
+
+function main() {
+  const force = process.argv.includes('--force');
+  const all = process.argv.includes('--all');
+  const named = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+  const unknown = named.filter((s) => QEMU_RELEASES[s] === undefined);
+  if (unknown.length > 0) throw new Error(`unknown series ${unknown.join(', ')}; known: ${QEMU_SERIES.join(', ')}`);
+  const required = named.length > 0 ? named : generatedSeries().filter((s) => QEMU_RELEASES[s] !== undefined);
+  // --all (the generate script) also tries the pinned series without committed types; one whose
+  // source the archive does not serve stays without types, and says so, rather than failing.
+  const optional = all ? QEMU_SERIES.filter((s) => !required.includes(s)) : [];
+  for (const series of QEMU_SERIES.filter((s) => required.includes(s) || optional.includes(s))) {
+    try {
+      fetchSeries(QEMU_RELEASES[series], force);
+    } catch (error) {
+      if (required.includes(series)) throw error;
+      log(`${series}: no QAPI input, so no types for QEMU ${series}: ${error instanceof Error ? error.message : String(error)}`);
+      rmSync(qapiSourceDir(packageDir, series), { recursive: true, force: true });
+    }
+  }
+}
+
+try {
+  main();
+} catch (error) {
+  log(error instanceof Error ? error.message : String(error));
+  process.exit(1);
+}

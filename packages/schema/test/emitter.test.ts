@@ -1,6 +1,6 @@
 import ts from 'typescript';
 
-import { emitTypeScript, referenceFragment, type GeneratedFile, type SourceDescription } from '../generator/emitter.js';
+import { emitTypeScript, qapiDomainId, referenceFragment, type GeneratedFile, type SourceDescription } from '../generator/emitter.js';
 import { QapiSchemaError } from '../generator/errors.js';
 import { loadSchemaFromTexts } from '../generator/schema.js';
 
@@ -8,6 +8,8 @@ const SOURCE: SourceDescription = {
   generator: 'test generator',
   input: 'test input 1.0',
   referenceUrl: 'https://example.invalid/ref.html',
+  series: '1.0',
+  linkStyle: 'text-fragment',
 };
 
 // One snippet per construct, split over two modules so cross-module imports are exercised.
@@ -191,6 +193,13 @@ describe('emitTypeScript', () => {
   it('rejects a QAPI name that clashes with a generated module map', () => {
     const schema = loadSchemaFromTexts('m.json', { 'm.json': "{ 'struct': 'MCommands', 'data': {} }\n{ 'command': 'x' }" });
     expect(() => emitTypeScript(schema, SOURCE)).toThrow(/^m\.json:1: 'MCommands' clashes with the generated map of module 'm'/);
+  });
+
+  it('links to the QAPI domain id of a definition from QEMU 10.0 on', () => {
+    const info = { file: 'qapi/block-core.json', line: 1, module: 'block-core' };
+    expect(qapiDomainId({ name: 'drive-backup', meta: 'command', info })).toBe('command-QMP-block-core.drive-backup');
+    expect(qapiDomainId({ name: 'BlockdevOptions', meta: 'union', info })).toBe('object-QMP-block-core.BlockdevOptions');
+    expect(qapiDomainId({ name: 'JobStatus', meta: 'enum', info: { ...info, module: 'job' } })).toBe('enum-QMP-job.JobStatus');
   });
 
   it('links to the section title of a definition with a text fragment', () => {

@@ -1,36 +1,56 @@
-// Parity with the installed QEMU: every command and event that qemu-system-x86_64 reports in
-// query-qmp-schema must exist in the generated data with the same members, optionality and
-// (structurally resolved) types. Generated entries the binary lacks must be explained by an
-// `if` condition that Debian's x86_64 build leaves off.
+// Parity with the installed QEMU of every generated series: each series' qemu-system-x86_64
+// (7.2 the system's, newer ones from /opt/qmpkit-qemu) reports query-qmp-schema, and every
+// command and event in it must exist in that series' parsed schema with the same members,
+// optionality and (structurally resolved) types. Generated entries the binary lacks must be
+// explained by an `if` condition that Debian's x86_64 build leaves off.
 import { join } from 'node:path';
 
 import { generateFromDirectory } from '../generator/generate.js';
 import type { Schema } from '../generator/schema.js';
-import { qmpCommandInfo, qmpEventInfo } from '../src/index.js';
+import { qmpSchemaVersions } from '../src/versions.js';
 import { compareWithLive, type ParityReport } from './support/parity.js';
+import { seriesBinary } from './support/qemu-binaries.js';
 import { readLiveSchema, type SchemaInfo } from './support/qemu-schema.js';
 
-const qapiDir = join(__dirname, '..', 'qapi-src');
+const srcRoot = join(__dirname, '..', 'qapi-src');
 
-describe('parity with the live qemu-system-x86_64', () => {
+describe.each(qmpSchemaVersions.map((v) => [v.series, v] as const))('parity of QEMU %s with its live qemu-system-x86_64', (series, version) => {
+  const where = seriesBinary(series);
   let schema: Schema;
   let live: SchemaInfo[];
+  let liveVersion: { qemu?: { major: number; minor: number; micro: number }; package?: string };
   let report: ParityReport;
 
+  if (where.skipReason !== undefined) {
+    // Left out on purpose (QMPKIT_QEMU_SERIES); nothing of this series runs on this machine.
+    it.skip(`(${where.skipReason})`, () => undefined);
+    return;
+  }
+
   beforeAll(async () => {
-    schema = generateFromDirectory(qapiDir).schema;
-    live = (await readLiveSchema()).schema;
+    if (where.binary === undefined) {
+      throw new Error(`QEMU ${series} is not installed here: run \`node scripts/qemu-install.mjs ${series}\` (npm test's set-up does)`);
+    }
+    schema = generateFromDirectory(join(srcRoot, series)).schema;
+    const read = await readLiveSchema(where.binary, 60_000);
+    live = read.schema;
+    liveVersion = read.version as typeof liveVersion;
     report = compareWithLive(schema, live);
-  });
+  }, 90_000);
 
   afterAll(() => {
     if (report === undefined) return;
     process.stdout.write(
-      `parity: binary commands checked ${report.commandsChecked}, events checked ${report.eventsChecked}, ` +
-        `mismatches ${report.mismatches.length}; generated ${schema.commands.size} commands, ${schema.events.size} events\n` +
+      `parity ${series} (${liveVersion.package ?? '?'} vs ${version.qapiSource}): binary commands checked ${report.commandsChecked}, ` +
+        `events checked ${report.eventsChecked}, mismatches ${report.mismatches.length}; ` +
+        `generated ${schema.commands.size} commands, ${schema.events.size} events\n` +
         `generated definitions the binary lacks (${report.lackingDefinitions.length}):\n  ${report.lackingDefinitions.join('\n  ')}\n` +
         `generated members/values/branches the binary lacks (${report.lacking.length}):\n  ${report.lacking.join('\n  ')}\n`,
     );
+  });
+
+  it('talks to a binary of this series', () => {
+    expect(`${liveVersion.qemu?.major}.${liveVersion.qemu?.minor}`).toBe(series);
   });
 
   it('reads a full schema from the binary', () => {
@@ -54,24 +74,46 @@ describe('parity with the live qemu-system-x86_64', () => {
     for (const entry of live) {
       const features = entry.features ?? [];
       if (entry['meta-type'] === 'command') {
-        const info = (qmpCommandInfo as Record<string, { deprecated: boolean; unstable: boolean; allowOob: boolean } | undefined>)[entry.name];
-        expect({ name: entry.name, ...info }).toEqual({
+        expect({ name: entry.name, ...version.commands[entry.name] }).toEqual({
           name: entry.name,
           deprecated: features.includes('deprecated'),
           unstable: features.includes('unstable'),
           allowOob: entry['allow-oob'] ?? false,
         });
       } else if (entry['meta-type'] === 'event') {
-        const info = (qmpEventInfo as Record<string, { deprecated: boolean; unstable: boolean } | undefined>)[entry.name];
-        expect({ name: entry.name, ...info }).toEqual({
+        expect({ name: entry.name, ...version.events[entry.name] }).toEqual({
           name: entry.name,
           deprecated: features.includes('deprecated'),
           unstable: features.includes('unstable'),
         });
       }
     }
-    expect(qmpCommandInfo['drive-backup'].deprecated).toBe(true);
+    expect(version.commands['drive-backup']?.deprecated).toBe(true);
   });
+
+  it('has top-level argument tables that agree with the binary', () => {
+    const byName = new Map(live.map((e) => [e.name, e]));
+    for (const entry of live) {
+      if (entry['meta-type'] !== 'command') continue;
+      const args = byName.get(entry['arg-type'] ?? '');
+      const liveNames = new Set((args?.members ?? []).map((m) => m.name ?? ''));
+      // A union's branches add members: collect them from the variant objects.
+      for (const variant of args?.variants ?? []) for (const m of byName.get(variant.type)?.members ?? []) liveNames.add(m.name ?? '');
+      const table = version.commandArguments[entry.name];
+      // The table may list more (members under an 'if' the build leaves off), never fewer.
+      expect({ command: entry.name, missing: [...liveNames].filter((n) => !table?.names.includes(n)) }).toEqual({ command: entry.name, missing: [] });
+    }
+  });
+});
+
+describe('the parity comparison itself can fail', () => {
+  let schema: Schema;
+  let live: SchemaInfo[];
+
+  beforeAll(async () => {
+    schema = generateFromDirectory(join(srcRoot, '7.2')).schema;
+    live = (await readLiveSchema('qemu-system-x86_64', 60_000)).schema;
+  }, 90_000);
 
   describe('detects differences (the comparison itself can fail)', () => {
     /** A deep copy of the live schema with drive-backup's argument object changed by `edit`. */

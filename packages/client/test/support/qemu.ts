@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,14 @@ export interface TestQemu {
 }
 
 export const QEMU_BINARY = process.env['QEMU_SYSTEM'] ?? 'qemu-system-x86_64';
+
+/** The version QEMU_BINARY reports (`QEMU emulator version 11.1.3 (...)`): what its greeting must say. */
+export function binaryVersion(): { major: number; minor: number; micro: number } {
+  const text = execFileSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' });
+  const match = /version (\d+)\.(\d+)\.(\d+)/.exec(text);
+  if (match === null) throw new Error(`cannot read the version of ${QEMU_BINARY} from: ${text}`);
+  return { major: Number(match[1]), minor: Number(match[2]), micro: Number(match[3]) };
+}
 export const BASE_ARGS = ['-machine', 'none', '-nodefaults', '-display', 'none'];
 
 function exited(child: ChildProcess): Promise<void> {

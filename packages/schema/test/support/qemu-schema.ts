@@ -107,11 +107,11 @@ async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Pr
 }
 
 /** Starts QEMU, returns its `query-qmp-schema` and version, and always stops QEMU and removes its files. */
-export async function readLiveSchema(timeoutMs = 20_000): Promise<{ schema: SchemaInfo[]; version: unknown }> {
+export async function readLiveSchema(binary = 'qemu-system-x86_64', timeoutMs = 20_000): Promise<{ schema: SchemaInfo[]; version: unknown }> {
   const dir = mkdtempSync(join(tmpdir(), 'qmpkit-schema-'));
   const path = join(dir, 'qmp.sock');
   const qemu = spawn(
-    'qemu-system-x86_64',
+    binary,
     ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${path},server=on,wait=off`],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
