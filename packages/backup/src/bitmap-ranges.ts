@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { BitmapRangeError } from './errors.js';
 import type { BlockDeviceInfo } from './qapi.js';
+import { addNode, removeNode } from './nodes.js';
 import { execute } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 
@@ -75,7 +76,7 @@ export async function setBitmapRanges(
   const nodeName = `qmpkit-fill-${randomUUID().slice(0, 8)}`;
   const name = 'fill';
   try {
-    await execute(qmp, 'blockdev-add', { driver: 'null-co', 'node-name': nodeName, size: target.size }, options);
+    await addNode(qmp, { driver: 'null-co', 'node-name': nodeName, size: target.size }, options);
   } catch (error) {
     throw new BitmapRangeError(target.node, target.bitmap, 'failed', 'a null-co node could not be added', { cause: error });
   }
@@ -132,6 +133,6 @@ export async function setBitmapRanges(
       });
     }
   } finally {
-    await execute(qmp, 'blockdev-del', { 'node-name': nodeName }).catch(() => undefined);
+    await removeNode(qmp, nodeName).catch(() => undefined);
   }
 }

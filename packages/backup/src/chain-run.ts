@@ -7,6 +7,8 @@ import { rm } from 'node:fs/promises';
 import { DriveBusyError, JobTrackingError } from './errors.js';
 import type { BackupJob, JobEndStatus, JobResult } from './job.js';
 import { appendRunLog, writeManifest } from './manifest.js';
+import { addNode, removeNode } from './nodes.js';
+import type { BlockdevOptions } from './qapi.js';
 import type { BackupKind, Manifest, PendingDrive, PendingRun, RunLogEntry } from './manifest.js';
 import { activeRuns } from './pending.js';
 import { eventTimeMs, execute, record } from './qmp.js';
@@ -71,6 +73,7 @@ export class ChainRun {
   readonly kind: BackupKind;
   readonly #ctx: RunContext;
   readonly #undo: Array<{ what: string; step: () => Promise<void> }> = [];
+  readonly #nodes: string[] = [];
   /** The manifest before the run (undefined: there was none). */
   #before: Manifest | undefined;
   #pendingWritten = false;
@@ -92,6 +95,45 @@ export class ChainRun {
   /** A file the run created: removed on rollback. */
   created(file: string): void {
     this.undoWith(`remove ${file}`, () => rm(file, { force: true }));
+  }
+
+  /**
+   * Add a block node for the run (a blockdev-backup target, ...): removed by `removeNodes()`
+   * once the jobs have ended, or on rollback.
+   */
+  async addNode(options: BlockdevOptions & { 'node-name': string }, call: CallOptions = {}): Promise<void> {
+    const name = options['node-name'];
+    await addNode(this.#ctx.qmp, options, call);
+    this.#nodes.push(name);
+    this.undoWith(`remove node ${name}`, () => this.#removeNode(name));
+  }
+
+  /** The nodes the run added and has not removed yet, oldest first. */
+  get nodes(): readonly string[] {
+    return this.#nodes;
+  }
+
+  async #removeNode(name: string): Promise<void> {
+    if (!this.#nodes.includes(name)) return;
+    await removeNode(this.#ctx.qmp, name);
+    this.#nodes.splice(this.#nodes.indexOf(name), 1);
+  }
+
+  /**
+   * Remove the nodes the run added, newest first. QEMU holds a node's image lock (and may hold
+   * its data) until then, so this comes before anything reads the targets; a concluded job no
+   * longer uses its target. Every node is tried; the first failure is thrown.
+   */
+  async removeNodes(): Promise<void> {
+    let first: unknown;
+    for (const name of [...this.#nodes].reverse()) {
+      try {
+        await this.#removeNode(name);
+      } catch (error) {
+        first ??= error;
+      }
+    }
+    if (first !== undefined) throw first;
   }
 
   /** A bitmap the run added: removed on rollback. */
@@ -215,7 +257,7 @@ export class ChainRun {
 
   /**
    * Undo everything the run did, newest first: dismiss its concluded jobs, remove the bitmaps
-   * it added and the targets it created, then put the manifest back exactly as it was and log
+   * it added, the nodes it added and the targets it created, then put the manifest back exactly as it was and log
    * how the run ended. The manifest goes last, so a process that dies half way leaves the run
    * pending and the next run finishes the undo. Never throws; returns what could not be undone.
    */

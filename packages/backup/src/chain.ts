@@ -3,6 +3,7 @@ import { access, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { UnsupportedQcow2LayoutError, createQcow2Image, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
+import { asBlockdevBackup, chainBackupCommand, targetNodeName, targetNodeOptions } from './backup-command.js';
 import { setBitmapRanges } from './bitmap-ranges.js';
 import { checkGranularity, resolveNode } from './bitmaps.js';
 import type { ResolvedNode } from './bitmaps.js';
@@ -52,7 +53,7 @@ import type {
   PendingDrive,
   RunLogEntry,
 } from './manifest.js';
-import { cancelPendingJobs, dismissJobs, inspectPendingRun } from './pending.js';
+import { cancelPendingJobs, dismissJobs, inspectPendingRun, removeTargetNodes } from './pending.js';
 import type { PendingRunState } from './pending.js';
 import type { DriveBackup } from './qapi.js';
 import { execute } from './qmp.js';
@@ -179,6 +180,8 @@ interface DrivePlan {
   added: string[];
   cover?: { from: number; to: number };
   image?: string;
+  /** The node the target is opened as for blockdev-backup (none: the job is a drive-backup). */
+  targetNode?: string;
 }
 
 function sanitize(name: string): string {
@@ -382,6 +385,8 @@ export class BackupChainGroup {
       }
     }
     if (state.state === 'gone') {
+      // No job uses the run's target nodes any more (QEMU may still have them open).
+      await removeTargetNodes(this.#qmp, run, call);
       // A full of a new chain never touched the chain in the manifest: its leftovers can go.
       if (run.kind === 'full' && run.drives) {
         await this.#undoPending(manifest, state, 'the run\'s jobs are gone from QEMU');
@@ -405,6 +410,7 @@ export class BackupChainGroup {
       bytes: state.jobs.find((j) => j.id === drive.jobId)?.outcome?.len ?? 0,
       durationMs: 0,
     }));
+    await removeTargetNodes(this.#qmp, run, call);
     await this.#record({ id: run.run, kind: run.kind, chainId: run.chainId ?? manifest.chainId }, manifest, done, call);
     await dismissJobs(this.#qmp, state.jobs.map((j) => j.id));
   }
@@ -466,6 +472,7 @@ export class BackupChainGroup {
   async #undoPending(manifest: Manifest, state: PendingRunState, error: string): Promise<void> {
     const run = state.run;
     await dismissJobs(this.#qmp, state.jobs.filter((j) => j.status === 'concluded').map((j) => j.id));
+    await removeTargetNodes(this.#qmp, run);
     for (const d of run.drives ?? []) {
       for (const name of [...d.bitmaps].reverse()) {
         await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: d.node, name }).catch(() => undefined);
@@ -639,10 +646,13 @@ export class BackupChainGroup {
       // the chain's bitmap, where they stay if this run is undone (the next one copies them).
       for (const p of plans) await this.#cover(p, call);
       await this.#makeDirectory();
+      // blockdev-backup where QEMU has it (backup-command.ts): each target is opened as a node.
+      if (chainBackupCommand(this.#qmp) === 'blockdev-backup') plans.forEach((p, i) => (p.targetNode = targetNodeName(run.id, i)));
       await run.markPending(before, pendingBase, chainId, plans.map((p) => this.#pendingDrive(p, run)));
       for (const p of plans) {
         await this.#createTarget(p, options);
         run.created(p.target);
+        if (p.targetNode !== undefined) await run.addNode(targetNodeOptions({ nodeName: p.targetNode, file: p.target }), call);
       }
       for (const p of plans) await this.#prepareBitmaps(run, p, call);
       // The granularity QEMU chose and the mark's bits are known now: what a later run needs
@@ -650,7 +660,11 @@ export class BackupChainGroup {
       await run.updatePending(plans.map((p) => this.#pendingDrive(p, run)));
       const tx = new Transaction();
       if (plans.length > 1) tx.completionMode('grouped');
-      for (const p of plans) tx.driveBackup(this.#backupArgs(p, run.id, options), this.#jobOptions(p.node, options));
+      for (const p of plans) {
+        const args = this.#backupArgs(p, run.id, options);
+        if (p.targetNode === undefined) tx.driveBackup(args, this.#jobOptions(p.node, options));
+        else tx.blockdevBackup(asBlockdevBackup(args, p.targetNode).args, this.#jobOptions(p.node, options));
+      }
       const jobs = await run.start(tx, plans.map((p) => p.node), call);
       jobs.forEach((job) => options.onJob?.(job, job.device));
       // A resize is refused while the jobs run; one made between the checks and the start
@@ -675,6 +689,7 @@ export class BackupChainGroup {
     } catch (error) {
       // The outcome is unknown: the run stays pending; what may still run is cancelled.
       await run.abandon();
+      await run.removeNodes().catch(() => undefined);
       await Promise.all(plans.map((p) => rm(p.target, { force: true })));
       if (startError === undefined) throw error;
       throw new JobTrackingError(run.jobs.map((j) => j.id).join(', '), `lost track of the job (${(startError as Error).message}); the run stays pending`, {
@@ -705,6 +720,19 @@ export class BackupChainGroup {
       }
       const results = await Promise.all(run.jobs.map((j) => j.result));
       throw this.#failure(results.find((r) => r.id === failed.job.id) ?? (results[0] as JobResult), results);
+    }
+    try {
+      // Every job completed; QEMU holds the targets' image lock until their nodes are gone, so
+      // they go before the targets are hashed (and later verified, restored).
+      await run.removeNodes();
+    } catch (error) {
+      // The backups are good but still open in QEMU: the run stays pending (its jobs wait in
+      // 'concluded'), and the next run records it.
+      throw new JobTrackingError(
+        run.jobs.map((j) => j.id).join(', '),
+        `the jobs completed but QEMU did not close their targets (${(error as Error).message}); the run stays pending`,
+        { cause: error },
+      );
     }
     return this.#commit(run, plans, concluded, before, started, chainId);
   }
@@ -853,6 +881,7 @@ export class BackupChainGroup {
     if (p.oldMark !== undefined) d.oldMark = p.oldMark;
     if (p.cover) d.coveredFrom = p.cover.from;
     if (p.image !== undefined) d.image = p.image;
+    if (p.targetNode !== undefined) d.targetNode = p.targetNode;
     return d;
   }
 

@@ -125,6 +125,8 @@ export interface PendingDrive {
   oldMark?: string;
   coveredFrom?: number;
   image?: string;
+  /** The node the run opened its target as (blockdev-backup): removed when the run is recorded or undone. */
+  targetNode?: string;
 }
 
 export interface Manifest {

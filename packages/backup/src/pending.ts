@@ -5,6 +5,7 @@
 // result, and the next run can record it (or undo it) instead of guessing.
 import { hostname } from 'node:os';
 import type { PendingJobInfo } from './errors.js';
+import { removeNode } from './nodes.js';
 import type { JobInfo } from './qapi.js';
 import { execute } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
@@ -111,4 +112,14 @@ export async function cancelPendingJobs(qmp: BackupQmp, jobs: readonly PendingJo
 /** Dismiss concluded jobs (ignoring ones already gone). */
 export async function dismissJobs(qmp: BackupQmp, ids: readonly string[], options: CallOptions = {}): Promise<void> {
   for (const id of ids) await execute(qmp, 'job-dismiss', { id }, options).catch(() => undefined);
+}
+
+/**
+ * Remove the target nodes a pending run opened (blockdev-backup), ignoring ones already gone:
+ * its jobs have ended, and QEMU holds each target's image lock until its node is removed.
+ */
+export async function removeTargetNodes(qmp: BackupQmp, run: PendingRun, options: CallOptions = {}): Promise<void> {
+  for (const d of run.drives ?? []) {
+    if (d.targetNode !== undefined) await removeNode(qmp, d.targetNode, options).catch(() => undefined);
+  }
 }

@@ -16,7 +16,7 @@ import {
   startDriveBackup,
 } from '../src/index.js';
 import type { BackupQmp, ChainBrokenReason, Manifest } from '../src/index.js';
-import { DRIVE0_PATTERN, Scratch, WRITES_A, WRITES_B, addBlkdebugNode, hmpWrites, qmpOf } from './helpers.js';
+import { DRIVE0_PATTERN, Scratch, WRITES_A, WRITES_B, addBlkdebugNode, hmpWrites, qmpOf, targetNodes } from './helpers.js';
 
 async function reference(qmp: BackupQmp, device: string, target: string): Promise<void> {
   await (await startDriveBackup(qmp, { device, 'job-id': 'reference', sync: 'full', target, format: 'qcow2' })).expectCompleted();
@@ -177,6 +177,8 @@ describe('BackupChain against QEMU', () => {
     expect(await vm.qmp.execute('query-jobs')).toEqual([]);
     // and nothing of the cancelled job is still listening on the client.
     expect(vm.qmp.events.consumerCount).toBe(0);
+    // and the run's target node is closed.
+    expect(await targetNodes(vm)).toEqual([]);
     expect(await readFile(chain.manifestPath, 'utf8')).toBe(before);
     expect((await readdir(dir)).sort()).toEqual(filesBefore);
     // QEMU merged the bitmap back: it still covers the writes, and the chain continues.
@@ -238,6 +240,7 @@ describe('BackupChain failures', () => {
     expect(BackupJobError.isInstance(error)).toBe(true);
     expect((error as BackupJobError).status).toBe('failed');
     expect((error as BackupJobError).qemuError).toBe('Input/output error');
+    expect(await targetNodes(vm)).toEqual([]);
     expect(await readFile(chain.manifestPath, 'utf8')).toBe(before);
     expect((await readdir(dir)).sort()).toEqual(filesBefore);
     expect((await getBitmap(qmp, 'drive0', bitmapOf(chain))).count).toBe(458752);

@@ -169,6 +169,12 @@ export function expectJobsSawAllTheirEvents(vm: QemuMachine, jobs: readonly Back
   expect(vm.qmp.events.consumerCount).toBe(0);
 }
 
+/** Chain target nodes still open in QEMU (a run must remove its own, whatever its end). */
+export async function targetNodes(vm: QemuMachine): Promise<string[]> {
+  const nodes = (await vm.qmp.execute('query-named-block-nodes', { flat: true })) as Array<{ 'node-name'?: string }>;
+  return nodes.map((n) => n['node-name'] ?? '').filter((n) => n.startsWith('qmpkit-target-'));
+}
+
 /** Poll `query-jobs` until a job matches (every 20 ms, up to `timeout` ms). */
 export async function waitForJob(
   vm: QemuMachine,

@@ -10,7 +10,7 @@ import { QmpClient } from '@qmpkit/client';
 import { BackupChain, JobTrackingError, PendingRunError, getBitmap, readRunLog } from '../src/index.js';
 import type { Manifest } from '../src/index.js';
 import type { JobInfo } from '../src/qapi.js';
-import { DRIVE0_PATTERN, Scratch, hmpWrites, launchWithSocket, waitForJob, waitForText } from './helpers.js';
+import { DRIVE0_PATTERN, Scratch, hmpWrites, launchWithSocket, targetNodes, waitForJob, waitForText } from './helpers.js';
 
 const MiB = 1048576;
 
@@ -56,6 +56,7 @@ describe('interrupted CLI runs', () => {
     expect(result.code).toBe(130);
     expect(result.stderr).toMatch(/SIGINT: cancelling the backup job/);
     expect(await jobs(vm)).toEqual([]);
+    expect(await targetNodes(vm)).toEqual([]);
     // No manifest (there was no chain), no target, no bitmap: only the run log says what happened.
     expect((await readdir(dir)).sort()).toEqual(['manifest.runs.jsonl']);
     expect((await readRunLog(join(dir, 'manifest.json'))).map((e) => [e.kind, e.outcome])).toEqual([['full', 'aborted']]);
@@ -84,6 +85,7 @@ describe('interrupted CLI runs', () => {
     const result = await run.done;
     expect(result.code).toBe(130);
     expect(await jobs(vm)).toEqual([]);
+    expect(await targetNodes(vm)).toEqual([]);
     expect(await readFile(join(dir, 'manifest.json'), 'utf8')).toBe(before);
     expect((await readdir(dir)).filter((f) => f.includes('.inc.'))).toEqual([]);
     expect((await getBitmap(vm.qmp, 'drive0', bitmap)).count).toBe(4 * MiB + 65536);
@@ -110,6 +112,8 @@ describe('interrupted CLI runs', () => {
     expect((await run.done).signal).toBe('SIGKILL');
     const pending = (await manifestOf(dir)).pending;
     expect(pending?.drives?.[0]?.jobId).toBe(job.id);
+    // The killed run's target is still open in QEMU; the manifest names its node.
+    expect(await targetNodes(vm)).toEqual([pending?.drives?.[0]?.targetNode]);
 
     const status = await scratch.cli(['status', '--socket', socket, '--dir', dir]).done;
     expect(status.code).toBe(4);
@@ -131,6 +135,7 @@ describe('interrupted CLI runs', () => {
     expect(resumed.code).toBe(0);
     expect(JSON.parse(resumed.stdout)).toMatchObject({ backups: [{ kind: 'incremental', bytes: 4 * MiB }] });
     expect(await jobs(vm)).toEqual([]);
+    expect(await targetNodes(vm)).toEqual([]);
     expect((await readdir(dir)).filter((f) => f.endsWith('.qcow2')).length).toBe(2);
     await vm.shutdown({ timeout: 10_000 });
     expect((await scratch.cli(['verify', '--dir', dir, '--source', `drive0=${drive0}`]).done).code).toBe(0);
@@ -152,6 +157,7 @@ describe('interrupted CLI runs', () => {
       ['incremental', false],
     ]);
     expect(await jobs(vm)).toEqual([]);
+    expect(await targetNodes(vm)).toEqual([]);
     await vm.shutdown({ timeout: 10_000 });
     expect((await scratch.cli(['verify', '--dir', dir, '--source', `drive0=${drive0}`]).done).code).toBe(0);
   });
@@ -174,6 +180,7 @@ describe('interrupted CLI runs', () => {
     // The replaced chain's bitmap and mark are gone; the new chain's are there.
     const names = ((await vm.qmp.execute('query-block'))[0]?.inserted?.['dirty-bitmaps'] ?? []).map((b) => b.name).sort();
     expect(names).toEqual([m.drives[0]?.bitmap, m.drives[0]?.mark?.bitmap].sort());
+    expect(await targetNodes(vm)).toEqual([]);
     await vm.shutdown({ timeout: 10_000 });
     expect((await scratch.cli(['verify', '--dir', dir, '--source', `drive0=${drive0}`]).done).code).toBe(0);
   });
