@@ -1,0 +1,10 @@
+export {
+  QMPKIT_ERROR_KINDS,
+  QmpkitError,
+  brandSymbol,
+  errorKind,
+  hasBrand,
+  isQmpkitError,
+  setBrand,
+} from './qmpkit-error.js';
+export type { QmpkitErrorKind, QmpkitErrorOptions } from './qmpkit-error.js';
