@@ -259,7 +259,7 @@ describe('BackupChain failures', () => {
   ] as const)('refuses to continue after QEMU is killed mid-job (%s bitmap)', async (_label, persistent, reason) => {
     await scratch.init();
     const file = await scratch.image('drive0.qcow2', '64M', DRIVE0_PATTERN);
-    const drives = [{ file, format: 'qcow2', id: 'drive0', nodeName: 'node0' }];
+    const drives = [{ file, format: 'qcow2' as const, id: 'drive0', nodeName: 'node0' }];
     let vm = await scratch.launch(drives);
     const dir = scratch.path('backups');
     let chain = await BackupChain.open({ qmp: qmpOf(vm), dir, node: 'drive0', persistent });

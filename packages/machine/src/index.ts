@@ -13,8 +13,17 @@ export type {
   ShutdownResult,
   TimeoutOptions,
 } from './qemu-process.js';
-export type { OptionValue, StructuredOption } from './option-syntax.js';
-export { escapeOptionValue } from './option-syntax.js';
+export type {
+  BlockdevOption,
+  BlockExportOption,
+  DriveFormat,
+  NbdServerOption,
+  ObjectOption,
+  OptionValue,
+  StructuredOption,
+  Untyped,
+} from './option-syntax.js';
+export { escapeOptionValue, isUntyped, untyped } from './option-syntax.js';
 export {
   InvalidHmpCommandError,
   MachineAbortError,

@@ -1,5 +1,14 @@
 import { MachineAbortError, MachineConfigError, QemuIoHmpError } from './errors.js';
-import { checkQemuId, formatOptionList, formatStructuredOption, type OptionValue, type StructuredOption } from './option-syntax.js';
+import {
+  checkQemuId,
+  formatName,
+  formatOptionList,
+  formatStructuredOption,
+  type BlockdevOption,
+  type DriveFormat,
+  type ObjectOption,
+  type OptionValue,
+} from './option-syntax.js';
 import { findQemuIoFailures } from '@qmpkit/image-tools';
 
 import { checkHmpQemuIoArguments, hmpQemuIoCommandLine } from './qemu-io-hmp.js';
@@ -11,8 +20,12 @@ export interface DriveOptions {
    * selects a protocol, so write `./a:b.img` for a local file with a colon).
    */
   file: string;
-  /** Image format, e.g. `qcow2` or `raw`. Required: format probing is unsafe and QEMU warns about it. */
-  format: string;
+  /**
+   * Image format, a block driver of the schema (`qcow2`, `raw`, ...), so a typo does not
+   * compile; `untyped('name')` passes another one. Required: format probing is unsafe and QEMU
+   * warns about it.
+   */
+  format: DriveFormat;
   /** The drive id (`-drive id=`), the name HMP and `query-block` use as `device`. */
   id: string;
   /** Node name of the format node (`node-name=`), for blockdev-level commands. */
@@ -34,7 +47,9 @@ export interface QemuMachineOptions extends QemuProcessOptions {
   /** Drives to add, as with `addDrive()`. */
   drives?: readonly DriveOptions[];
   /** `-blockdev` values, as with `addBlockdev()`. */
-  blockdevs?: readonly StructuredOption[];
+  blockdevs?: readonly BlockdevOption[];
+  /** `-object` values, as with `addObject()`. */
+  objects?: readonly ObjectOption[];
 }
 
 export interface HmpQemuIoResult {
@@ -56,6 +71,8 @@ export class QemuMachine extends QemuProcess {
   readonly #defaults: boolean;
   /** `-drive` and `-blockdev` arguments, in the order they were added. */
   readonly #blockArguments: string[] = [];
+  /** `-object` arguments: before the block arguments, which may name them (iothreads, secrets). */
+  readonly #objectArguments: string[] = [];
   readonly #driveIds = new Set<string>();
   #qemuIoQueue: Promise<unknown> = Promise.resolve();
 
@@ -64,6 +81,7 @@ export class QemuMachine extends QemuProcess {
     this.#machineType = options.machine ?? 'none';
     this.#display = options.display ?? 'none';
     this.#defaults = options.defaults ?? false;
+    for (const object of options.objects ?? []) this.addObject(object);
     for (const drive of options.drives ?? []) this.addDrive(drive);
     for (const blockdev of options.blockdevs ?? []) this.addBlockdev(blockdev);
   }
@@ -82,7 +100,8 @@ export class QemuMachine extends QemuProcess {
     if (this.#driveIds.has(drive.id)) throw new MachineConfigError('drive.id', drive.id, 'a drive with this id was already added');
     if (drive.nodeName !== undefined) checkQemuId('drive.nodeName', drive.nodeName);
     if (drive.file === '') throw new MachineConfigError('drive.file', drive.file, 'the file name is empty');
-    if (drive.format === '') throw new MachineConfigError('drive.format', drive.format, 'the format is empty');
+    const format = formatName(drive.format);
+    if (format === '') throw new MachineConfigError('drive.format', format, 'the format is empty');
     const reserved = new Set(['file', 'format', 'id', 'node-name']);
     const extra = Object.entries(drive.opts ?? {});
     for (const [key] of extra) {
@@ -93,7 +112,7 @@ export class QemuMachine extends QemuProcess {
       ...(hasInterface ? [] : [['if', 'none'] as const]),
       ['id', drive.id],
       ['file', drive.file],
-      ['format', drive.format],
+      ['format', format],
       ...(drive.nodeName === undefined ? [] : [['node-name', drive.nodeName] as const]),
       ...extra,
     ];
@@ -103,13 +122,24 @@ export class QemuMachine extends QemuProcess {
   }
 
   /**
-   * Adds a `-blockdev` for the next launch: an object (passed as JSON, no escaping needed),
-   * e.g. `{ driver: 'qcow2', 'node-name': 'node0', file: { driver: 'file', filename } }`, or
-   * a string in QEMU's `key=value` syntax. Such a node has no drive id; address it by node
-   * name (`hmpQemuIo('node0', ...)` works with node names too).
+   * Adds a `-blockdev` for the next launch: a `BlockdevOptions` object of the schema (passed
+   * as JSON, no escaping needed), e.g. `{ driver: 'qcow2', 'node-name': 'node0', file: { driver:
+   * 'file', filename } }`, a string in QEMU's `key=value` syntax, or `untyped({...})` for
+   * what the schema does not know. Such a node has no drive id; address it by node name
+   * (`hmpQemuIo('node0', ...)` works with node names too).
    */
-  addBlockdev(blockdev: StructuredOption): this {
+  addBlockdev(blockdev: BlockdevOption): this {
     this.#blockArguments.push('-blockdev', formatStructuredOption('blockdev', blockdev));
+    return this;
+  }
+
+  /**
+   * Adds an `-object` for the next launch (before the drives, which may refer to it): an
+   * `ObjectOptions` object of the schema, e.g. `{ 'qom-type': 'iothread', id: 'iothread0' }`,
+   * a `key=value` string, or `untyped({...})`.
+   */
+  addObject(object: ObjectOption): this {
+    this.#objectArguments.push('-object', formatStructuredOption('object', object));
     return this;
   }
 
@@ -124,6 +154,7 @@ export class QemuMachine extends QemuProcess {
       qmpChardev,
       '-mon',
       `chardev=${qmpChardevId},mode=control`,
+      ...this.#objectArguments,
       ...this.#blockArguments,
       ...this.extraArgs,
     ];

@@ -1,5 +1,5 @@
 import { MachineConfigError } from './errors.js';
-import { checkQemuId, escapeOptionValue, formatOptionList } from './option-syntax.js';
+import { checkQemuId, escapeOptionValue, formatName, formatOptionList, formatStructuredOption, isUntyped, untyped } from './option-syntax.js';
 
 describe('escapeOptionValue', () => {
   test('doubles every comma, as QemuOpts reads ",," as a literal comma', () => {
@@ -51,5 +51,26 @@ describe('checkQemuId', () => {
   test('limits node names to 31 characters', () => {
     expect(() => checkQemuId('drive.nodeName', 'n'.repeat(31))).not.toThrow();
     expect(() => checkQemuId('drive.nodeName', 'n'.repeat(32))).toThrow(/at most 31/);
+  });
+});
+
+describe('structured options', () => {
+  test('typed objects and untyped() objects are written as JSON; strings pass as they are', () => {
+    expect(formatStructuredOption('blockdev', { driver: 'file', filename: 'a,b' })).toBe('{"driver":"file","filename":"a,b"}');
+    expect(formatStructuredOption('blockdev', untyped({ driver: 'new-driver', x: 1 }))).toBe('{"driver":"new-driver","x":1}');
+    expect(formatStructuredOption('blockdev', 'driver=file,filename=a,,b')).toBe('driver=file,filename=a,,b');
+    expect(formatStructuredOption('blockdev', untyped('driver=file'))).toBe('driver=file');
+    expect(() => formatStructuredOption('blockdev', '')).toThrow(MachineConfigError);
+    expect(() => formatStructuredOption('blockdev', untyped(''))).toThrow(MachineConfigError);
+  });
+
+  test('untyped() is recognised by its global symbol, not by its shape', () => {
+    const wrapped = untyped('qcow3');
+    expect(isUntyped(wrapped)).toBe(true);
+    expect(isUntyped({ untyped: 'qcow3' })).toBe(false);
+    expect(isUntyped({ [Symbol.for('qmpkit.machine.untyped')]: 'x' })).toBe(true);
+    expect(Object.isFrozen(wrapped)).toBe(true);
+    expect(formatName(wrapped)).toBe('qcow3');
+    expect(formatName('qcow2')).toBe('qcow2');
   });
 });

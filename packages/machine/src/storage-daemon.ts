@@ -1,16 +1,22 @@
 import { MachineConfigError } from './errors.js';
-import { formatStructuredOption, type StructuredOption } from './option-syntax.js';
+import {
+  formatStructuredOption,
+  type BlockdevOption,
+  type BlockExportOption,
+  type NbdServerOption,
+  type ObjectOption,
+} from './option-syntax.js';
 import { QemuProcess, type QemuProcessOptions, type TimeoutOptions } from './qemu-process.js';
 
 export interface QemuStorageDaemonOptions extends QemuProcessOptions {
-  /** `--blockdev` values, e.g. `{ driver: 'qcow2', 'node-name': 'node0', file: { driver: 'file', filename } }`. */
-  blockdevs?: readonly StructuredOption[];
-  /** `--export` values, e.g. `{ type: 'nbd', id: 'exp0', 'node-name': 'node0', writable: true }`. */
-  exports?: readonly StructuredOption[];
-  /** The `--nbd-server` value, e.g. `{ addr: { type: 'unix', path } }`. */
-  nbdServer?: StructuredOption;
-  /** `--object` values. */
-  objects?: readonly StructuredOption[];
+  /** `--blockdev` values (`BlockdevOptions`), e.g. `{ driver: 'qcow2', 'node-name': 'node0', file: { driver: 'file', filename } }`. */
+  blockdevs?: readonly BlockdevOption[];
+  /** `--export` values (`BlockExportOptions`), e.g. `{ type: 'nbd', id: 'exp0', 'node-name': 'node0', writable: true }`. */
+  exports?: readonly BlockExportOption[];
+  /** The `--nbd-server` value (`NbdServerOptions`), e.g. `{ addr: { type: 'unix', path } }`. */
+  nbdServer?: NbdServerOption;
+  /** `--object` values (`ObjectOptions`), e.g. `{ 'qom-type': 'iothread', id: 'iothread0' }`. */
+  objects?: readonly ObjectOption[];
 }
 
 /**
@@ -42,19 +48,19 @@ export class QemuStorageDaemon extends QemuProcess {
   }
 
   /** Adds a `--blockdev` for the next launch. */
-  addBlockdev(blockdev: StructuredOption): this {
+  addBlockdev(blockdev: BlockdevOption): this {
     this.#arguments.push('--blockdev', formatStructuredOption('blockdev', blockdev));
     return this;
   }
 
   /** Adds an `--export` for the next launch (its node must be added first). */
-  addExport(exported: StructuredOption): this {
+  addExport(exported: BlockExportOption): this {
     this.#arguments.push('--export', formatStructuredOption('export', exported));
     return this;
   }
 
   /** Sets the `--nbd-server` for the next launch (the daemon runs at most one). */
-  setNbdServer(server: StructuredOption): this {
+  setNbdServer(server: NbdServerOption): this {
     if (this.#hasNbdServer) throw new MachineConfigError('nbdServer', server, 'an NBD server was already set');
     this.#hasNbdServer = true;
     this.#arguments.push('--nbd-server', formatStructuredOption('nbdServer', server));
@@ -62,7 +68,7 @@ export class QemuStorageDaemon extends QemuProcess {
   }
 
   /** Adds an `--object` (e.g. a secret or an iothread) for the next launch. */
-  addObject(object: StructuredOption): this {
+  addObject(object: ObjectOption): this {
     this.#arguments.push('--object', formatStructuredOption('object', object));
     return this;
   }

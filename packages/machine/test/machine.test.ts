@@ -10,6 +10,7 @@ import {
   QemuIoHmpError,
   QemuLaunchError,
   QemuMachine,
+  untyped,
   type QemuMachineOptions,
 } from '../src/index.js';
 import { Scratch, createImage, isAlive } from './support.js';
@@ -195,8 +196,8 @@ test('a machine that fails to start (missing image) reports the log tail, exit c
   expect(await vm.log()).toContain('Could not open');
 });
 
-test('a bad -drive format is reported the same way', async () => {
-  const vm = machine({ drives: [{ file: image, format: 'no-such-format', id: 'drive0' }] });
+test('a bad -drive format (only through untyped(): a typed one does not compile) is reported the same way', async () => {
+  const vm = machine({ drives: [{ file: image, format: untyped('no-such-format'), id: 'drive0' }] });
   const error = (await rejection(vm.launch())) as QemuLaunchError;
   expect(error.reason).toBe('exited');
   expect(error.logTail).toContain("Unknown driver 'no-such-format'");
@@ -225,6 +226,34 @@ test('-blockdev nodes are added as JSON and qemu-io reaches them by node name', 
   } finally {
     await vm.shutdown();
   }
+});
+
+test('-object values come before the drives that use them; untyped() objects are passed as JSON', async () => {
+  const vm = machine({
+    objects: [{ 'qom-type': 'iothread', id: 'iothread0' }],
+    blockdevs: [untyped({ driver: 'qcow2', 'node-name': 'node2', file: { driver: 'file', filename: image }, 'read-only': true })],
+  });
+  await vm.launch();
+  try {
+    const argv = vm.argv ?? [];
+    const objectAt = argv.indexOf('-object');
+    expect(objectAt).toBeGreaterThan(-1);
+    expect(objectAt).toBeLessThan(argv.indexOf('-blockdev'));
+    expect(argv[objectAt + 1]).toBe('{"qom-type":"iothread","id":"iothread0"}');
+    const threads = await vm.qmp.execute('query-iothreads');
+    expect(threads.map((t) => t.id)).toEqual(['iothread0']);
+    const nodes = await vm.qmp.execute('query-named-block-nodes');
+    expect(nodes.find((n) => n['node-name'] === 'node2')).toMatchObject({ ro: true, drv: 'qcow2' });
+  } finally {
+    await vm.shutdown();
+  }
+});
+
+test('an untyped() -blockdev QEMU does not know fails at launch with QEMU\'s own words', async () => {
+  const vm = machine({ blockdevs: [untyped({ driver: 'no-such-driver', 'node-name': 'x' })] });
+  const error = (await rejection(vm.launch())) as QemuLaunchError;
+  expect(error.reason).toBe('exited');
+  expect(error.logTail).toMatch(/no-such-driver/);
 });
 
 test('addDrive refuses what QEMU would reject before anything starts', () => {

@@ -10,7 +10,7 @@ import {
 } from '@qmpkit/backup';
 import { createQcow2Image, QemuIo } from '@qmpkit/image-tools';
 import type { MachineQmpClient, QemuMachine } from '@qmpkit/machine';
-import type { BlockdevOptions, DriveBackup } from '@qmpkit/schema';
+import type { BlockdevDriver, BlockdevOptions, DriveBackup } from '@qmpkit/schema';
 
 import { expectEqual, expectFields, expectTrue } from '../assert.js';
 import type { CaseContext } from '../context.js';
@@ -125,7 +125,7 @@ export interface Drive {
   file: string;
   /** Target of the anchor (full) backup. */
   backup: string;
-  format: string;
+  format: BlockdevDriver;
   /** What the guest sees on the drive now, from the writes made to it (the model). */
   content: DiskContent;
   /** What the anchor backup holds, once it was made. */
