@@ -13,6 +13,8 @@ export default defineConfig([
     // The CLI: ESM only, with a shebang, beside the library in dist/.
     entry: ['src/cli.ts'],
     format: ['esm'],
+    // The CLI imports the library by the package's own name; Node resolves that to dist/index.js.
+    external: ['@qmpkit/backup'],
     sourcemap: true,
     target: 'node20',
     banner: { js: '#!/usr/bin/env node' },

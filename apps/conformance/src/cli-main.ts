@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 
-import { CliUsageError, RunAbortedError } from './errors.js';
+import { BinaryNotFoundError, CliUsageError, RunAbortedError } from './errors.js';
 import { USAGE, matchesFilter, parseCliOptions } from './options.js';
 import { buildJsonReport, buildJunitReport, formatCaseLine, formatSummaryLine, summarize } from './reporters.js';
 import { liveRuns } from './runner.js';
@@ -67,6 +67,10 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
       onCaseEnd: (r) => streams.stdout.write(`${formatCaseLine(r)}\n`),
     });
   } catch (error) {
+    if (BinaryNotFoundError.isInstance(error)) {
+      streams.stderr.write(`qmpkit-conformance: ${error.message}\n`);
+      return EXIT_USAGE;
+    }
     if (RunAbortedError.isInstance(error)) {
       streams.stderr.write('qmpkit-conformance: interrupted; QEMU stopped and scratch directories removed\n');
       return EXIT_INTERRUPTED;

@@ -64,6 +64,35 @@ export class CliUsageError extends ConformanceError {
 }
 
 /**
+ * A QEMU binary to test is not an executable file (the option's path, the environment
+ * variable's, or the name on PATH). Nothing was run: every case would fail the same way.
+ * The CLI reports it as a usage error (exit 2).
+ */
+export class BinaryNotFoundError extends ConformanceError {
+  static override isInstance(value: unknown): value is BinaryNotFoundError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.BinaryNotFoundError'));
+  }
+
+  /** `qemu-system`, `qemu-img` or `qemu-io`. */
+  readonly binary: string;
+  /** The command-line option that names it, e.g. `--qemu-system`. */
+  readonly option: string;
+  /** What was looked for: the path given, or the name searched on PATH. */
+  readonly path: string;
+
+  constructor(binary: string, option: string, path: string, source: 'option' | 'environment' | 'path', variable: string) {
+    const where =
+      source === 'option' ? option : source === 'environment' ? `$${variable}` : `PATH (name one with ${option} or $${variable})`;
+    super(`${binary} not found or not executable: ${path} (from ${where})`);
+    this.name = 'BinaryNotFoundError';
+    this.binary = binary;
+    this.option = option;
+    this.path = path;
+    setBrand(this, 'BinaryNotFoundError');
+  }
+}
+
+/**
  * A check of a case did not hold. `check` names what was checked (the same thing the reference
  * test asserts), `expected` and `actual` are what differed.
  */

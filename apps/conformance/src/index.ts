@@ -1,4 +1,4 @@
-export { runConformance, conformanceCases, caseIds, describeBinaries, suites, suiteOf } from './suite.js';
+export { runConformance, conformanceCases, caseIds, checkBinaries, describeBinaries, suites, suiteOf } from './suite.js';
 export type { RunConformanceOptions, ConformanceResult } from './suite.js';
 export { runCli, main, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED, EXIT_USAGE } from './cli-main.js';
 export type { CliStreams } from './cli-main.js';
@@ -18,6 +18,7 @@ export type { JsonCase, JsonReport, QemuDescription, SuiteSummary } from './repo
 export { CaseContext, RunFixtures } from './context.js';
 export type { FixtureScope, SharedFixture, SuiteTools } from './context.js';
 export {
+  BinaryNotFoundError,
   CaseAssertionError,
   CaseSkip,
   CaseTimeoutError,

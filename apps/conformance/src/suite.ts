@@ -7,6 +7,7 @@ import { incrementalBackupCases } from './cases/incremental-backup.js';
 import { imageTemplates } from './cases/scenario.js';
 import { CaseContext, ImageTemplates, makeTools, RunFixtures, type SuiteTools } from './context.js';
 import type { CheckDefinition } from './checks.js';
+import { BinaryNotFoundError } from './errors.js';
 import { SUITE_IDS, type BinaryOptions, type CompareEngine, type SuiteId } from './options.js';
 import { IOTEST_257_CHECKS, suite257Cases, suite257Fixtures } from './suites/257/index.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
@@ -80,6 +81,26 @@ export function locateBinary(explicit: string | undefined, variable: string, nam
   return wanted;
 }
 
+const BINARIES = [
+  { binary: 'qemu-system', option: '--qemu-system', key: 'qemuSystem', variable: 'QEMU_SYSTEM', name: 'qemu-system-x86_64' },
+  { binary: 'qemu-img', option: '--qemu-img', key: 'qemuImg', variable: 'QEMU_IMG', name: 'qemu-img' },
+  { binary: 'qemu-io', option: '--qemu-io', key: 'qemuIo', variable: 'QEMU_IO', name: 'qemu-io' },
+] as const;
+
+/**
+ * Throws `BinaryNotFoundError` for the first binary that is not an executable file, before
+ * anything runs: a wrong path is one clear error, not a failure of every case.
+ */
+export function checkBinaries(binaries: BinaryOptions): void {
+  for (const { binary, option, key, variable, name } of BINARIES) {
+    const explicit = binaries[key];
+    const located = locateBinary(explicit, variable, name);
+    if (isExecutable(located)) continue;
+    const source = explicit !== undefined ? 'option' : process.env[variable] ? 'environment' : 'path';
+    throw new BinaryNotFoundError(binary, option, located, source, variable);
+  }
+}
+
 export function describeBinaries(binaries: BinaryOptions): Record<string, string> {
   return {
     'qemu-system': locateBinary(binaries.qemuSystem, 'QEMU_SYSTEM', 'qemu-system-x86_64'),
@@ -102,10 +123,12 @@ async function versionFromBinary(binary: string, signal: AbortSignal | undefined
 
 /**
  * Run the selected conformance cases against the QEMU binaries given (or found) and return
- * each case's result. Rejects with `RunAbortedError` when `signal` aborts (after cleaning up).
+ * each case's result. Rejects with `BinaryNotFoundError` before running anything when a binary
+ * is not an executable file, and with `RunAbortedError` when `signal` aborts (after cleaning up).
  */
 export async function runConformance(options: RunConformanceOptions = {}): Promise<ConformanceResult> {
   const binaries = options.binaries ?? {};
+  checkBinaries(binaries);
   const tools: SuiteTools = makeTools(binaries, options.compareWith);
   const wanted = new Set(options.suites ?? SUITE_IDS);
   const selected = conformanceCases.filter(

@@ -225,22 +225,38 @@ describe('qmpkit-conformance', () => {
 
   it('a broken qemu-io fails the cases (exit 1) and leaves nothing without --keep-artifacts', async () => {
     // qemu-io writes the starting patterns every case needs (qemu-img is no longer on that
-    // path: empty images are written and compared in-process).
-    const missing = join(root, 'no-such-dir', 'qemu-io');
+    // path: empty images are written and compared in-process). This one runs and fails.
+    const broken = join(reports, 'qemu-io-broken');
+    writeFileSync(broken, '#!/bin/sh\necho "qemu-io-broken: cannot do anything" >&2\nexit 1\n');
+    chmodSync(broken, 0o755);
     const json = join(reports, 'failed.json');
-    const run = await runCli(['--filter', 'test_incremental_simple', '--filter', 'bad_granularity', '--qemu-io', missing, '--json', json]);
+    const run = await runCli(['--filter', 'test_incremental_simple', '--filter', 'bad_granularity', '--qemu-io', broken, '--json', json]);
     expect(run.code).toBe(1);
     expect(run.lines[run.lines.length - 1]).toBe('0 passed, 2 failed');
     expect(caseLines(run).map((l) => l.status)).toEqual(['FAIL', 'FAIL']);
-    // The reason names the binary that could not be run.
-    expect(run.stdout).toContain(missing);
+    // The reason is the tool's failure, in its own words.
+    expect(run.stdout).toContain('QemuIoError: qemu-io failed');
+    expect(run.stdout).toContain('qemu-io-broken: cannot do anything');
     expect(run.stdout).not.toContain('artifacts kept');
     const report = JSON.parse(readFileSync(json, 'utf8')) as { cases: Array<Record<string, unknown>>; qemu: { binaries: Record<string, string> } };
-    expect(report.qemu.binaries['qemu-io']).toBe(missing);
+    expect(report.qemu.binaries['qemu-io']).toBe(broken);
     for (const c of report.cases) {
       expect(c['status']).toBe('failed');
-      expect(c['error']).toEqual(expect.stringContaining(missing));
+      expect(c['error']).toEqual(expect.stringContaining('qemu-io-broken: cannot do anything'));
     }
+  }, 60_000);
+
+  it.each([
+    ['--qemu-system', 'qemu-system'],
+    ['--qemu-img', 'qemu-img'],
+    ['--qemu-io', 'qemu-io'],
+  ])('a %s path that is not an executable is one usage error (exit 2), and no case runs', async (option, binary) => {
+    const missing = join(root, 'no-such-dir', binary);
+    const run = await runCli(['--filter', 'test_incremental_simple', option, missing]);
+    expect(run.code).toBe(2);
+    expect(caseLines(run)).toEqual([]);
+    expect(run.stdout).toBe('');
+    expect(run.stderr.trim().split('\n')).toEqual([`qmpkit-conformance: ${binary} not found or not executable: ${missing} (from ${option})`]);
   }, 60_000);
 
   it('--keep-artifacts keeps the images and QEMU log of a failed case and prints where', async () => {

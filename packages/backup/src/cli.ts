@@ -3,16 +3,28 @@
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { QmpClient } from '@qmpkit/client';
-import { BackupChainGroup } from './chain.js';
-import type { ChainBackupOptions, ChainRunResult } from './chain.js';
-import { inspectChain } from './chain-check.js';
-import type { ChainStatus, DriveCheck } from './chain-check.js';
-import { BackupAbortedError, NewFullBackupRequiredError, PendingRunError } from './errors.js';
-import { DEFAULT_FILE_MODE, checkFileMode } from './file-mode.js';
-import type { JobProgress } from './job.js';
-import { MANIFEST_FILE, readManifest, readRunLog } from './manifest.js';
-import type { Manifest } from './manifest.js';
-import { restoreChain, verifyChain } from './verify.js';
+// The library through its public entry point (a self-reference, kept external by tsup), so the
+// published CLI runs the same dist/index.js consumers import instead of bundling a second copy.
+import {
+  BackupAbortedError,
+  BackupChainGroup,
+  DEFAULT_FILE_MODE,
+  MANIFEST_FILE,
+  NewFullBackupRequiredError,
+  PendingRunError,
+  checkFileMode,
+  inspectChain,
+  readManifest,
+  readRunLog,
+  restoreChain,
+  verifyChain,
+  type ChainBackupOptions,
+  type ChainRunResult,
+  type ChainStatus,
+  type DriveCheck,
+  type JobProgress,
+  type Manifest,
+} from '@qmpkit/backup';
 
 const USAGE = `usage: qmpkit-backup <command> [options]
 

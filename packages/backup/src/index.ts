@@ -75,7 +75,7 @@ export { setBitmapRanges } from './bitmap-ranges.js';
 export type { BitmapRangeTarget, ByteRange } from './bitmap-ranges.js';
 export { DIGEST_ALGORITHM, digestFile } from './digest.js';
 export type { FileDigest } from './digest.js';
-export { DEFAULT_FILE_MODE } from './file-mode.js';
+export { DEFAULT_FILE_MODE, checkFileMode } from './file-mode.js';
 export { MANIFEST_FILE, MANIFEST_VERSION, readManifest, readRunLog, runLogPath, writeManifest } from './manifest.js';
 export type {
   BackupKind,
