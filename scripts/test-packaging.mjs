@@ -12,23 +12,52 @@
 //     own TypeScript. The CJS project checks a .ts (compiled as CommonJS, so it resolves the
 //     `require` condition and its .d.cts) and a .mts (the `import` condition);
 //  5. install @qmpkit/client alone into a third project: it must bring @qmpkit/schema and
-//     nothing else (no rxjs).
+//     nothing else (no rxjs);
+//  6. each tarball holds only package.json, README.md, LICENSE (MIT, as package.json says) and
+//     dist/, and its packed size is within the budget printed beside it;
+//  7. each command a package installs imports its own package instead of bundling it again,
+//     and runs `--help` from node_modules/.bin;
+//  8. the README examples: every code block of every README compiled under strict settings in
+//     a pnpm project holding exactly what the README's install line names, and every block that
+//     claims to run run against the real QEMU (scripts/test-readme-examples.mjs);
+//  9. no file the repository tracks is one its .gitignore excludes (profiler logs, tarballs).
 //
 // Packages are discovered, not listed, and the generated files use only what each package
 // actually exports, so the test works for packages that are still nearly empty.
+// `--readme PATTERN` packs everything but checks only the READMEs whose path contains PATTERN
+// (for working on one README).
 // Scratch directories live under os.tmpdir() and are removed at the end, also on failure.
 // Exit status is non-zero if anything failed; a summary table is printed last.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+import { checkReadmeExamples, describeCounts } from './test-readme-examples.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
 const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', DO_NOT_TRACK: '1', npm_config_fund: 'false', npm_config_audit: 'false' };
 const results = [];
+const { values: options } = parseArgs({ options: { readme: { type: 'string' } } });
+
+// Packed (gzip) size budgets in bytes, about a third above the sizes measured when they were
+// set (2026-12, source maps included); a package without an entry gets DEFAULT_SIZE_BUDGET.
+// Raise one deliberately, in the commit that makes the package bigger.
+const SIZE_BUDGET = {
+  '@qmpkit/schema': 150_000,
+  '@qmpkit/client': 125_000,
+  '@qmpkit/errors': 12_000,
+  '@qmpkit/image-tools': 150_000,
+  '@qmpkit/machine': 110_000,
+  '@qmpkit/backup': 130_000,
+  '@qmpkit/conformance': 190_000,
+};
+const DEFAULT_SIZE_BUDGET = 150_000;
+const sizes = [];
 
 function record(pkg, check, ok, detail = '') {
   results.push({ pkg, check, ok, detail });
@@ -89,6 +118,70 @@ async function lint(pkg, tarball) {
   const { messages, pkg: linted } = await publint({ pack: { tarball: tarballBuffer }, level: 'suggestion', strict: true });
   const lines = messages.map((m) => `${m.type}: ${formatMessage(m, linted, { color: false }) ?? m.code}`);
   record(pkg.name, 'publint reports nothing', messages.length === 0, lines.join('\n'));
+}
+
+/** `tar -tzv` of a tarball: `[{ path, size }]`. */
+function tarEntries(tarball) {
+  const listing = run('tar', ['-tzvf', tarball], root);
+  if (!listing.ok) throw new Error(`tar -tzvf ${tarball} failed:\n${listing.output}`);
+  return listing.output
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => {
+      const fields = line.trim().split(/\s+/);
+      return { size: Number(fields[2]), path: fields.slice(5).join(' ') };
+    });
+}
+
+const formatKb = (bytes) => `${(bytes / 1000).toFixed(1)} kB`;
+
+/** What a tarball holds: only what a consumer needs, a LICENSE that says MIT, within its size budget. */
+async function checkTarball(pkg, tarball) {
+  const entries = tarEntries(tarball);
+  const allowed = (path) =>
+    ['package/package.json', 'package/README.md', 'package/LICENSE'].includes(path) ||
+    (/^package\/dist\/[^/]+$/.test(path) && !/\.(test|spec)\.|\.tsbuildinfo$|\.log$/.test(path));
+  const stray = entries.filter((e) => !allowed(e.path)).map((e) => e.path);
+  record(pkg.name, 'tarball holds only package.json, README.md, LICENSE and dist/', stray.length === 0, `unexpected: ${stray.join(', ')}`);
+  const license = run('tar', ['-xzOf', tarball, 'package/LICENSE'], root);
+  record(
+    pkg.name,
+    'LICENSE is the MIT license, as package.json says',
+    license.ok && license.output.startsWith('MIT License') && pkg.manifest.license === 'MIT',
+    license.ok ? `package.json license: ${pkg.manifest.license}; LICENSE starts: ${license.output.split('\n')[0]}` : license.output,
+  );
+  const packed = (await readFile(tarball)).byteLength;
+  const unpacked = entries.reduce((sum, e) => sum + (Number.isFinite(e.size) ? e.size : 0), 0);
+  const budget = SIZE_BUDGET[pkg.name] ?? DEFAULT_SIZE_BUDGET;
+  sizes.push({ name: pkg.name, packed, unpacked, files: entries.length, budget, own: pkg.name in SIZE_BUDGET });
+  record(pkg.name, `packed size ${formatKb(packed)} within its budget of ${formatKb(budget)}`, packed <= budget, `${formatKb(packed)} > ${formatKb(budget)}`);
+}
+
+/**
+ * Each installed command imports its own package (one copy of the library in the tarball): the
+ * bin file names the package in an import and declares none of the classes and functions the
+ * package exports.
+ */
+function checkBinImportsLibrary(dir, pkg) {
+  const bins = typeof pkg.manifest.bin === 'string' ? { [pkg.name.split('/').pop()]: pkg.manifest.bin } : (pkg.manifest.bin ?? {});
+  for (const [name, file] of Object.entries(bins)) {
+    const exported = run(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(pkg.name)}); console.log(JSON.stringify(Object.keys(m).filter((k) => typeof m[k] === 'function')));`], dir);
+    let names = [];
+    try {
+      names = JSON.parse(exported.output.trim().split('\n').pop());
+    } catch {
+      names = [];
+    }
+    const source = existsSync(join(dir, 'node_modules', pkg.name, file)) ? readFileSync(join(dir, 'node_modules', pkg.name, file), 'utf8') : '';
+    const imports = new RegExp(`from\\s*["']${pkg.name.replace('/', '\\/')}["']`).test(source);
+    const copied = names.filter((n) => new RegExp(`\\b(class|function)\\s+${n}\\b|\\b(var|let|const)\\s+${n}\\s*=\\s*class\\b`).test(source));
+    record(
+      pkg.name,
+      `${name} imports ${pkg.name} instead of bundling it (${formatKb(source.length)}, ${names.length} exports not redeclared)`,
+      exported.ok && names.length > 0 && imports && copied.length === 0,
+      `${exported.ok ? '' : exported.output}imports the package: ${imports}; declares its exports: ${copied.join(', ') || 'none'}`,
+    );
+  }
 }
 
 /** An identifier for the namespace import of a package name. */
@@ -224,6 +317,7 @@ async function checkProject(style, dir, packages) {
   }
   const typecheck = run(process.execPath, [tsc, '-p', 'tsconfig.json'], dir);
   record('all', `tsc --noEmit with NodeNext (${label})`, typecheck.ok, typecheck.output);
+  if (style === 'esm') for (const pkg of packages) checkBinImportsLibrary(dir, pkg);
   // Each command a package installs must start from the consumer's node_modules/.bin.
   for (const pkg of packages) {
     const bins = typeof pkg.manifest.bin === 'string' ? { [pkg.name.split('/').pop()]: pkg.manifest.bin } : (pkg.manifest.bin ?? {});
@@ -293,8 +387,17 @@ async function checkClientInstallWeight(base, tarballs) {
   );
 }
 
+/** Files the repository tracks although its .gitignore excludes them (a committed V8 log, a tarball). */
+function checkTrackedFiles() {
+  if (!existsSync(join(root, '.git'))) return;
+  const ignored = run('git', ['ls-files', '--cached', '--ignored', '--exclude-standard'], root);
+  const files = ignored.output.split('\n').filter((line) => line.trim() !== '');
+  record('repository', 'no tracked file is one .gitignore excludes', ignored.ok && files.length === 0, files.join('\n') || ignored.output);
+}
+
 const scratch = await mkdtemp(join(tmpdir(), 'qmpkit-packaging-'));
 let crashed;
+let exampleCounts;
 try {
   const packages = await publishedPackages();
   if (packages.length === 0) throw new Error('no published packages found under packages/ or apps/');
@@ -313,6 +416,7 @@ try {
       tarballs.set(pkg.name, tarball);
       record(pkg.name, 'pnpm pack', true);
       await lint(pkg, tarball);
+      await checkTarball(pkg, tarball);
     } catch (error) {
       record(pkg.name, 'pnpm pack + publint', false, String(error?.stack ?? error));
     }
@@ -320,11 +424,15 @@ try {
   const packed = packages.filter((p) => tarballs.has(p.name));
   if (packed.length === packages.length) {
     const typesNode = await typesNodeVersion();
-    for (const style of ['esm', 'cjs']) {
-      const dir = await scratchProject(scratch, style, packed, tarballs, typesNode);
-      await checkProject(style, dir, packed);
+    if (options.readme === undefined) {
+      for (const style of ['esm', 'cjs']) {
+        const dir = await scratchProject(scratch, style, packed, tarballs, typesNode);
+        await checkProject(style, dir, packed);
+      }
+      checkTrackedFiles();
+      await checkClientInstallWeight(scratch, tarballs);
     }
-    await checkClientInstallWeight(scratch, tarballs);
+    exampleCounts = await checkReadmeExamples({ root, base: scratch, tarballs, typesNode, record, run, filter: options.readme });
   } else {
     record('all', 'scratch projects', false, 'skipped: not every package could be packed');
   }
@@ -336,6 +444,16 @@ try {
 }
 
 const failed = results.filter((r) => !r.ok);
+if (sizes.length > 0) {
+  process.stdout.write('\n[packaging] tarball sizes (packed, budget; unpacked, files):\n');
+  for (const s of sizes) {
+    const mark = s.packed <= s.budget ? 'ok  ' : 'OVER';
+    process.stdout.write(
+      `[packaging]   ${mark} ${s.name.padEnd(22)} ${formatKb(s.packed).padStart(9)} of ${formatKb(s.budget).padStart(9)}${s.own ? '' : ' (default budget)'}; ${formatKb(s.unpacked).padStart(9)} unpacked, ${s.files} files\n`,
+    );
+  }
+}
+if (exampleCounts !== undefined) process.stdout.write(`[packaging] README examples: ${describeCounts(exampleCounts)}\n`);
 process.stdout.write(`\n[packaging] summary: ${results.length - failed.length} passed, ${failed.length} failed\n`);
 for (const r of failed) process.stdout.write(`[packaging]   FAIL ${r.pkg}: ${r.check}\n`);
 if (process.env.QMPKIT_TEST_RESULTS_DIR) {
