@@ -53,6 +53,7 @@ const SIZE_BUDGET = {
   '@qmpkit/errors': 12_000,
   '@qmpkit/image-tools': 150_000,
   '@qmpkit/machine': 110_000,
+  '@qmpkit/nbd': 165_000,
   '@qmpkit/backup': 130_000,
   '@qmpkit/conformance': 190_000,
 };

@@ -224,6 +224,7 @@ export async function checkReadmeExamples({ root, base, tarballs, typesNode, rec
       else if (result.status !== 0) failures.push(`exit status ${result.status ?? result.signal}`);
       if (left.length > 0) failures.push(`left ${left.length} process(es) running in its directory (killed now): ${left.join(', ')}`);
       if (tempLeft.length > 0) failures.push(`left files in its TMPDIR: ${tempLeft.join(', ')}`);
+      if (process.env.QMPKIT_EXAMPLES_VERBOSE) process.stdout.write(`--- ${readme.name}:${block.line} output ---\n${output}\n`);
       record(`${readme.name}:${block.line}`, `runs against QEMU (${ms} ms)`, failures.length === 0, `${failures.join('\n')}\n--- output ---\n${output.split('\n').slice(-40).join('\n')}`);
       counts.run += 1;
       rmSync(scratch, { recursive: true, force: true });
