@@ -195,7 +195,8 @@ const tasks = {
     log(`test matrix: ${timings.join(', ')}`);
     const scriptsStatus = testScripts(resultsDir);
     const packagingStatus = run('node', ['scripts/test-packaging.mjs']);
-    process.exit(summarizeTests(resultsDir, testStatus === 0 && packagingStatus === 0 && scriptsStatus === 0));
+    const docsStatus = run('node', ['scripts/docs.mjs', '--check']);
+    process.exit(summarizeTests(resultsDir, testStatus === 0 && packagingStatus === 0 && scriptsStatus === 0 && docsStatus === 0));
   },
   conformance: (extra) => {
     const cli = join(root, 'apps/conformance/src/cli.ts');
@@ -207,6 +208,11 @@ const tasks = {
     // `--qemu 11.1` (or 10.0, 7.2, an installed version, a path) picks the binaries.
     const picked = conformanceArgs(extra);
     process.exit(run('node', ['apps/conformance/dist/cli.js', ...picked.args], { env: picked.env }));
+  },
+  // The API reference of every published package, into docs/api/ (no TypeDoc warning allowed).
+  docs: (extra) => {
+    turbo('build');
+    process.exit(run('node', ['scripts/docs.mjs', ...extra]));
   },
   'bench:qmp': () => {
     turbo('build', '--filter=@qmpkit/client...');

@@ -26,3 +26,4 @@ export {
   ConformanceError,
   RunAbortedError,
 } from './errors.js';
+export type { ConformanceErrorOptions } from './errors.js';
