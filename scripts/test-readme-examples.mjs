@@ -163,14 +163,32 @@ export async function checkReadmeExamples({ root, base, tarballs, typesNode, rec
     if (!install.ok) continue;
 
     if (blocksByFile.size > 0) {
-      await writeFile(join(dir, 'tsconfig.json'), `${JSON.stringify({ compilerOptions: EXAMPLE_COMPILER_OPTIONS, include: ['examples'] }, null, 2)}\n`);
-      const compiled = run(process.execPath, [tsc, '-p', 'tsconfig.json', '--pretty', 'false'], dir);
-      const { perFile, other } = splitDiagnostics(compiled.output, blocksByFile);
-      if (other.length > 0) record(readme.name, 'examples compile (messages outside any example)', false, other.join('\n'));
+      // One program for all blocks; but a syntax error anywhere makes tsc skip the type checks of
+      // every file, so blocks with errors are set aside and the rest compiled again until tsc
+      // passes: each verdict is then tsc's own about that block.
+      const verdicts = new Map();
+      let remaining = [...blocksByFile.keys()];
+      while (remaining.length > 0) {
+        const files = remaining.map((file) => `examples/${file}`);
+        await writeFile(join(dir, 'tsconfig.json'), `${JSON.stringify({ compilerOptions: EXAMPLE_COMPILER_OPTIONS, files }, null, 2)}\n`);
+        const compiled = run(process.execPath, [tsc, '-p', 'tsconfig.json', '--pretty', 'false'], dir);
+        if (compiled.ok) {
+          for (const file of remaining) verdicts.set(file, []);
+          break;
+        }
+        const { perFile, other } = splitDiagnostics(compiled.output, blocksByFile);
+        if (perFile.size === 0) {
+          for (const file of remaining) verdicts.set(file, other.length > 0 ? other : [compiled.output]);
+          break;
+        }
+        for (const [file, messages] of perFile) verdicts.set(file, messages);
+        remaining = remaining.filter((file) => !perFile.has(file));
+      }
       for (const [file, block] of blocksByFile) {
-        const messages = perFile.get(file) ?? [];
+        const messages = verdicts.get(file) ?? ['not compiled'];
         const what = actionOf(block) === 'declarations' ? 'declarations compile' : `${block.kind === 'js' ? 'JavaScript' : 'TypeScript'} compiles (strict)`;
-        record(`${readme.name}:${block.line}`, what, compiled.ok || (messages.length === 0 && other.length === 0), messages.join('\n') || compiled.output);
+        record(`${readme.name}:${block.line}`, what, messages.length === 0, messages.join('\n'));
+        block.compiled = messages.length === 0;
         counts.compiled += 1;
         if (actionOf(block) === 'declarations') counts.declarations += 1;
         else if (block.kind === 'js') counts.js += 1;
@@ -183,6 +201,11 @@ export async function checkReadmeExamples({ root, base, tarballs, typesNode, rec
       if (action !== 'run' && action !== 'shell-run') continue;
       // A runnable example makes what it needs where it runs: no fixed /tmp/..., /images/...,
       // /opt/qemu/... that a reader's machine lacks or that two runs would share.
+      if (block.compiled === false) {
+        record(`${readme.name}:${block.line}`, 'runs against QEMU', false, 'not run: it does not compile');
+        counts.run += 1;
+        continue;
+      }
       const absolute = absolutePaths(block);
       if (absolute.length > 0) {
         record(`${readme.name}:${block.line}`, 'runs in its own directory (no absolute paths)', false, `uses ${absolute.join(', ')}`);
