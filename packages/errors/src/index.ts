@@ -2,6 +2,7 @@ export {
   QMPKIT_ERROR_KINDS,
   QmpkitError,
   brandSymbol,
+  errorClassKinds,
   errorKind,
   hasBrand,
   isQmpkitError,

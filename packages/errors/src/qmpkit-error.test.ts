@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 
-import { QmpkitError, errorKind, hasBrand, isQmpkitError, setBrand, type QmpkitErrorKind } from './index.js';
+import { QmpkitError, errorClassKinds, errorKind, hasBrand, isQmpkitError, setBrand, type QmpkitErrorKind } from './index.js';
 
 // A package's errors as the packages write them: a scoped base, classes with brand and kind.
 class ToyError extends QmpkitError {
@@ -92,6 +92,8 @@ describe('QmpkitError', () => {
 
   test('the hand-branded pattern keeps working beside the static one', () => {
     const error = new HandBrandedError();
+    expect(hasBrand(error, Symbol.for('qmpkit.toy.HandBrandedError'))).toBe(true);
+    expect(hasBrand(error, Symbol.for('qmpkit.toy.ToyTimeoutError'))).toBe(false);
     expect(error.name).toBe('HandBrandedError');
     expect(HandBrandedError.isInstance(error)).toBe(true);
     expect(ToyError.isInstance(error)).toBe(true);
@@ -108,6 +110,13 @@ describe('QmpkitError', () => {
     expect(errorKind(timedOut.reason)).toBe('timeout');
     expect(errorKind(new Error('plain'))).toBeUndefined();
     expect(errorKind('text')).toBeUndefined();
+  });
+});
+
+describe('errorClassKinds', () => {
+  test('lists the error classes of a namespace with their kinds, and nothing else', () => {
+    const namespace = { ToyError, ToyTimeoutError, ToyToolError, HandBrandedError, QmpkitError, Error, helper: () => 1, value: 3 };
+    expect(errorClassKinds(namespace)).toEqual({ HandBrandedError: 'other', ToyError: 'other', ToyTimeoutError: 'timeout', ToyToolError: 'tool' });
   });
 });
 
@@ -129,5 +138,6 @@ describe('two copies of the package', () => {
     expect(ToyTimeoutError.isInstance(foreign)).toBe(true);
     expect(isQmpkitError(foreign, 'timeout')).toBe(true);
     expect(copy.isQmpkitError(new ToyTimeoutError(1), 'timeout')).toBe(true);
+    expect(errorClassKinds({ OtherCopyTimeout })).toEqual({ OtherCopyTimeout: 'timeout' });
   });
 });

@@ -79,9 +79,15 @@ export function setBrand(target: object, scope: string, brand: string): void {
   Object.defineProperty(target, brandSymbol(scope, brand), { value: true, enumerable: false, configurable: true });
 }
 
-/** Whether `value` carries the brand of class `brand` of package `scope`. */
-export function hasBrand(value: unknown, scope: string, brand: string): boolean {
-  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brandSymbol(scope, brand)] === true;
+/**
+ * Whether `value` carries the brand of class `brand` of package `scope`, or, given one symbol,
+ * that brand (`hasBrand(error, Symbol.for('qmpkit.backup.VerifyError'))`).
+ */
+export function hasBrand(value: unknown, scope: string, brand: string): boolean;
+export function hasBrand(value: unknown, brand: symbol): boolean;
+export function hasBrand(value: unknown, scopeOrSymbol: string | symbol, brand?: string): boolean {
+  const key = typeof scopeOrSymbol === 'symbol' ? scopeOrSymbol : brandSymbol(scopeOrSymbol, brand ?? '');
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[key] === true;
 }
 
 function ownString(target: unknown, key: string): string | undefined {
@@ -171,4 +177,27 @@ export function errorKind(value: unknown): QmpkitErrorKind | undefined {
     if (name === 'TimeoutError') return 'timeout';
   }
   return undefined;
+}
+
+/**
+ * The qmpkit error classes among a module's exports, with the kind each declares: for tests
+ * that every class says its kind, and for documentation. `errorClassKinds(await import('@qmpkit/client'))`
+ * is `{ QmpError: 'other', QmpCommandError: 'qemu', QmpTimeoutError: 'timeout', ... }`.
+ */
+export function errorClassKinds(namespace: Readonly<Record<string, unknown>>): Record<string, QmpkitErrorKind> {
+  const kinds: Record<string, QmpkitErrorKind> = {};
+  for (const [name, value] of Object.entries(namespace).sort(([a], [b]) => a.localeCompare(b))) {
+    if (typeof value !== 'function' || ownString(value, 'brand') === 'QmpkitError' || !extendsRoot(value)) continue;
+    const kind = (value as { kind?: unknown }).kind;
+    kinds[name] = typeof kind === 'string' && (QMPKIT_ERROR_KINDS as readonly string[]).includes(kind) ? (kind as QmpkitErrorKind) : 'other';
+  }
+  return kinds;
+}
+
+/** Whether a class extends the root of this or another copy of this package (whose own static `brand` is 'QmpkitError'). */
+function extendsRoot(value: unknown): boolean {
+  for (let ctor: unknown = value; typeof ctor === 'function' && ctor !== Function.prototype; ctor = Object.getPrototypeOf(ctor)) {
+    if (ownString(ctor, 'brand') === 'QmpkitError') return true;
+  }
+  return false;
 }
