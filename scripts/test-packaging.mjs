@@ -49,7 +49,7 @@ const { values: options } = parseArgs({ options: { readme: { type: 'string' } } 
 // Raise one deliberately, in the commit that makes the package bigger.
 const SIZE_BUDGET = {
   '@qmpkit/schema': 150_000,
-  '@qmpkit/client': 125_000,
+  '@qmpkit/client': 180_000,
   '@qmpkit/errors': 12_000,
   '@qmpkit/image-tools': 150_000,
   '@qmpkit/machine': 110_000,
