@@ -19,7 +19,7 @@ export {
   VerifyError,
 } from './errors.js';
 export type { ChainBrokenReason, PendingJobInfo } from './errors.js';
-export type { BackupQmp, CallOptions, QmpEventLike, QmpTimestamp } from './qmp.js';
+export type { BackupEventListener, BackupQmp, CallOptions, QmpEventLike, QmpTimestamp } from './qmp.js';
 export type {
   BackupCommon,
   BitmapSyncMode,
