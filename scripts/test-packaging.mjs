@@ -54,8 +54,8 @@ const SIZE_BUDGET = {
   '@qmpkit/image-tools': 150_000,
   '@qmpkit/machine': 110_000,
   '@qmpkit/nbd': 165_000,
-  '@qmpkit/backup': 130_000,
-  '@qmpkit/conformance': 190_000,
+  '@qmpkit/backup': 290_000,
+  '@qmpkit/conformance': 280_000,
 };
 const DEFAULT_SIZE_BUDGET = 150_000;
 const sizes = [];
