@@ -139,11 +139,13 @@ const formatKb = (bytes) => `${(bytes / 1000).toFixed(1)} kB`;
 /** What a tarball holds: only what a consumer needs, a LICENSE that says MIT, within its size budget. */
 async function checkTarball(pkg, tarball) {
   const entries = tarEntries(tarball);
+  // Top-level documents the package names in "files" on purpose (e.g. the schema's SCHEMA-CHANGES.md).
+  const documents = (pkg.manifest.files ?? []).filter((f) => /^[^/*]+\.md$/.test(f)).map((f) => `package/${f}`);
   const allowed = (path) =>
-    ['package/package.json', 'package/README.md', 'package/LICENSE'].includes(path) ||
+    ['package/package.json', 'package/README.md', 'package/LICENSE', ...documents].includes(path) ||
     (/^package\/dist\/[^/]+$/.test(path) && !/\.(test|spec)\.|\.tsbuildinfo$|\.log$/.test(path));
   const stray = entries.filter((e) => !allowed(e.path)).map((e) => e.path);
-  record(pkg.name, 'tarball holds only package.json, README.md, LICENSE and dist/', stray.length === 0, `unexpected: ${stray.join(', ')}`);
+  record(pkg.name, 'tarball holds only package.json, README.md, LICENSE, the documents "files" names, and dist/', stray.length === 0, `unexpected: ${stray.join(', ')}`);
   const license = run('tar', ['-xzOf', tarball, 'package/LICENSE'], root);
   record(
     pkg.name,
