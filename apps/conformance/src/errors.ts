@@ -1,17 +1,18 @@
+import { QmpkitError, hasBrand, setBrand as setQmpkitBrand, type QmpkitErrorKind } from '@qmpkit/errors';
+
 import { checkLabel, type FailedCheck } from './checks.js';
 
-// Every error the conformance app throws. Each class carries a `Symbol.for` brand so that
-// `isInstance` keeps working when two copies of the app's modules are loaded (jest + dist).
+// Every error the conformance app throws. The base extends `QmpkitError` of `@qmpkit/errors`, the
+// root of every qmpkit error: each class names its brand (`Symbol.for('qmpkit.conformance.<Class>')`,
+// so `isInstance` keeps working when two copies of the app's modules are loaded, jest + dist) and
+// its `kind`.
 
-const BASE_BRAND = Symbol.for('qmpkit.conformance.ConformanceError');
-
-function hasBrand(value: unknown, brand: symbol): boolean {
-  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
-}
-
+/**
+ * Brands `target` as this app's class `name`. The classes here declare a static `brand` instead
+ * (the base constructor sets it); kept for classes written in the earlier pattern.
+ */
 function setBrand(target: object, name: string): void {
-  // Non-enumerable: the brand must not show up in JSON reports or logs.
-  Object.defineProperty(target, Symbol.for(`qmpkit.conformance.${name}`), { value: true });
+  setQmpkitBrand(target, 'conformance', name);
 }
 
 export interface ConformanceErrorOptions {
@@ -19,19 +20,20 @@ export interface ConformanceErrorOptions {
 }
 
 /** Base class of every error of this app. */
-export class ConformanceError extends Error {
-  static isInstance(value: unknown): value is ConformanceError {
-    return hasBrand(value, BASE_BRAND);
+export class ConformanceError extends QmpkitError {
+  protected static override readonly scope: string = 'conformance';
+  protected static override readonly brand: string = 'ConformanceError';
+
+  static override isInstance(value: unknown): value is ConformanceError {
+    return hasBrand(value, 'conformance', 'ConformanceError');
   }
 
   /** The named check this failure belongs to, once a case has said (see `CaseContext.checking`). */
   failedCheck: FailedCheck | undefined;
 
   constructor(message: string, options: ConformanceErrorOptions = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'ConformanceError';
+    super(message, options);
     this.failedCheck = undefined;
-    Object.defineProperty(this, BASE_BRAND, { value: true });
   }
 
   /** Name the check this failure belongs to; its message then starts with `[origin: name]`. */
@@ -46,6 +48,9 @@ export class ConformanceError extends Error {
 
 /** A command-line option is missing its value, malformed, or unknown. Exit status 2. */
 export class CliUsageError extends ConformanceError {
+  protected static override readonly brand: string = 'CliUsageError';
+  static override readonly kind: QmpkitErrorKind = 'usage';
+
   static override isInstance(value: unknown): value is CliUsageError {
     return hasBrand(value, Symbol.for('qmpkit.conformance.CliUsageError'));
   }
@@ -56,10 +61,8 @@ export class CliUsageError extends ConformanceError {
 
   constructor(message: string, details: { option?: string; value?: string; cause?: unknown } = {}) {
     super(message, { cause: details.cause });
-    this.name = 'CliUsageError';
     this.option = details.option;
     this.value = details.value;
-    setBrand(this, 'CliUsageError');
   }
 }
 
@@ -69,6 +72,9 @@ export class CliUsageError extends ConformanceError {
  * The CLI reports it as a usage error (exit 2).
  */
 export class BinaryNotFoundError extends ConformanceError {
+  protected static override readonly brand: string = 'BinaryNotFoundError';
+  static override readonly kind: QmpkitErrorKind = 'not-found';
+
   static override isInstance(value: unknown): value is BinaryNotFoundError {
     return hasBrand(value, Symbol.for('qmpkit.conformance.BinaryNotFoundError'));
   }
@@ -84,11 +90,9 @@ export class BinaryNotFoundError extends ConformanceError {
     const where =
       source === 'option' ? option : source === 'environment' ? `$${variable}` : `PATH (name one with ${option} or $${variable})`;
     super(`${binary} not found or not executable: ${path} (from ${where})`);
-    this.name = 'BinaryNotFoundError';
     this.binary = binary;
     this.option = option;
     this.path = path;
-    setBrand(this, 'BinaryNotFoundError');
   }
 }
 
@@ -97,6 +101,9 @@ export class BinaryNotFoundError extends ConformanceError {
  * test asserts), `expected` and `actual` are what differed.
  */
 export class CaseAssertionError extends ConformanceError {
+  protected static override readonly brand: string = 'CaseAssertionError';
+  static override readonly kind: QmpkitErrorKind = 'check';
+
   static override isInstance(value: unknown): value is CaseAssertionError {
     return hasBrand(value, Symbol.for('qmpkit.conformance.CaseAssertionError'));
   }
@@ -110,11 +117,9 @@ export class CaseAssertionError extends ConformanceError {
       `${check}: expected ${show(expected)}, got ${show(actual)}${options.detail ? ` (${options.detail})` : ''}`,
       options,
     );
-    this.name = 'CaseAssertionError';
     this.check = check;
     this.expected = expected;
     this.actual = actual;
-    setBrand(this, 'CaseAssertionError');
   }
 }
 
@@ -123,6 +128,9 @@ export class CaseAssertionError extends ConformanceError {
  * them is wrong, so the comparison decides nothing and the case fails.
  */
 export class EngineDisagreementError extends CaseAssertionError {
+  protected static override readonly brand: string = 'EngineDisagreementError';
+  static override readonly kind: QmpkitErrorKind = 'check';
+
   static override isInstance(value: unknown): value is EngineDisagreementError {
     return hasBrand(value, Symbol.for('qmpkit.conformance.EngineDisagreementError'));
   }
@@ -132,14 +140,15 @@ export class EngineDisagreementError extends CaseAssertionError {
 
   constructor(what: string, verdicts: Record<string, string>) {
     super(`${what}: the comparison engines agree`, 'one verdict', verdicts);
-    this.name = 'EngineDisagreementError';
     this.verdicts = { ...verdicts };
-    setBrand(this, 'EngineDisagreementError');
   }
 }
 
 /** An image comparison could not be made (qemu-img exited 2 or worse, or could not run). */
 export class ComparisonError extends ConformanceError {
+  protected static override readonly brand: string = 'ComparisonError';
+  static override readonly kind: QmpkitErrorKind = 'tool';
+
   static override isInstance(value: unknown): value is ComparisonError {
     return hasBrand(value, Symbol.for('qmpkit.conformance.ComparisonError'));
   }
@@ -149,15 +158,16 @@ export class ComparisonError extends ConformanceError {
 
   constructor(engine: string, files: readonly [string, string], reason: string, options: ConformanceErrorOptions = {}) {
     super(`${engine} could not compare ${files[0]} with ${files[1]}: ${reason}`, options);
-    this.name = 'ComparisonError';
     this.engine = engine;
     this.files = files;
-    setBrand(this, 'ComparisonError');
   }
 }
 
 /** A case ran longer than `--timeout`; its machines were killed and its tools aborted. */
 export class CaseTimeoutError extends ConformanceError {
+  protected static override readonly brand: string = 'CaseTimeoutError';
+  static override readonly kind: QmpkitErrorKind = 'timeout';
+
   static override isInstance(value: unknown): value is CaseTimeoutError {
     return hasBrand(value, Symbol.for('qmpkit.conformance.CaseTimeoutError'));
   }
@@ -167,10 +177,8 @@ export class CaseTimeoutError extends ConformanceError {
 
   constructor(caseId: string, timeoutMs: number) {
     super(`${caseId} did not finish within ${timeoutMs} ms`);
-    this.name = 'CaseTimeoutError';
     this.caseId = caseId;
     this.timeoutMs = timeoutMs;
-    setBrand(this, 'CaseTimeoutError');
   }
 }
 
@@ -179,6 +187,9 @@ export class CaseTimeoutError extends ConformanceError {
  * without the blkdebug driver). The case is reported as skipped, with `reason`.
  */
 export class CaseSkip extends ConformanceError {
+  protected static override readonly brand: string = 'CaseSkip';
+  static override readonly kind: QmpkitErrorKind = 'unsupported';
+
   static override isInstance(value: unknown): value is CaseSkip {
     return hasBrand(value, Symbol.for('qmpkit.conformance.CaseSkip'));
   }
@@ -187,22 +198,21 @@ export class CaseSkip extends ConformanceError {
 
   constructor(reason: string, options: ConformanceErrorOptions = {}) {
     super(`skipped: ${reason}`, options);
-    this.name = 'CaseSkip';
     this.reason = reason;
-    setBrand(this, 'CaseSkip');
   }
 }
 
 /** The run was interrupted (SIGINT or the caller's AbortSignal) before every case finished. */
 export class RunAbortedError extends ConformanceError {
+  protected static override readonly brand: string = 'RunAbortedError';
+  static override readonly kind: QmpkitErrorKind = 'abort';
+
   static override isInstance(value: unknown): value is RunAbortedError {
     return hasBrand(value, Symbol.for('qmpkit.conformance.RunAbortedError'));
   }
 
   constructor(options: ConformanceErrorOptions = {}) {
     super('the conformance run was interrupted', options);
-    this.name = 'RunAbortedError';
-    setBrand(this, 'RunAbortedError');
   }
 }
 

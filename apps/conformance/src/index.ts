@@ -29,3 +29,6 @@ export {
   RunAbortedError,
 } from './errors.js';
 export type { ConformanceErrorOptions } from './errors.js';
+// The root of every qmpkit error (one check for any package's errors, and their kind).
+export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
+export type { QmpkitErrorKind } from '@qmpkit/errors';

@@ -1,3 +1,5 @@
+import { QmpkitError, errorClassKinds, isQmpkitError } from '@qmpkit/errors';
+import * as api from './index.js';
 import {
   BackupError,
   BackupJobError,
@@ -68,5 +70,50 @@ describe('granularity', () => {
     }
     expect(() => checkGranularity(64000)).toThrow(InvalidGranularityError);
     expect(() => checkGranularity(65536)).not.toThrow();
+  });
+});
+
+describe('the qmpkit error family', () => {
+  test('every exported error class declares its kind', () => {
+    // A new class must say what kind of failure it is: add it here with its kind.
+    expect(errorClassKinds(api)).toEqual({
+      BackupAbortedError: 'abort',
+      BackupError: 'other',
+      BackupJobError: 'qemu',
+      BitmapNotFoundError: 'not-found',
+      BitmapRangeError: 'qemu',
+      BlockDriverUnavailableError: 'unsupported',
+      BlockdevCreateError: 'qemu',
+      ChainBrokenError: 'state',
+      DriveBusyError: 'state',
+      InvalidGranularityError: 'usage',
+      InvalidTransactionError: 'usage',
+      JobTrackingError: 'state',
+      ManifestError: 'integrity',
+      NewFullBackupRequiredError: 'state',
+      NodeNotFoundError: 'not-found',
+      PendingRunError: 'state',
+      TargetExistsError: 'state',
+      VerifyError: 'integrity',
+    });
+  });
+
+  test('one check recognises a timeout of this package among any qmpkit errors', () => {
+    const timeout = new api.JobTrackingError('j', 'timed out waiting for the job to end', { cause: new DOMException('The operation timed out.', 'TimeoutError') });
+    const other = new api.JobTrackingError('j', 'the job ended before reaching status "pending"');
+    expect(isQmpkitError(timeout, 'timeout')).toBe(true);
+    expect(QmpkitError.isInstance(other)).toBe(true);
+    expect(isQmpkitError(other, 'timeout')).toBe(false);
+    expect(timeout.kind).toBe('timeout');
+  });
+
+  test('kinds that follow the instance: an aborted run, a bitmap range QEMU cannot set', () => {
+    expect(new api.BackupAbortedError('r', 'timeout').kind).toBe('timeout');
+    expect(new api.BackupAbortedError('r', 'abort').kind).toBe('abort');
+    expect(new api.BitmapRangeError('n', 'b', 'unsupported', 'no HMP').kind).toBe('unsupported');
+    expect(new api.BitmapRangeError('n', 'b', 'failed', 'refused').kind).toBe('qemu');
+    const aborted = new AbortController();
+    aborted.abort();
+    expect(new api.JobTrackingError('j', 'tracking aborted', { cause: aborted.signal.reason }).kind).toBe('abort');
   });
 });

@@ -1,30 +1,35 @@
-// Every error this package throws. Each class carries a `Symbol.for` brand so `isInstance`
-// works across duplicate installs of the package (instanceof would not).
+// Every error this package throws. The base extends `QmpkitError` of `@qmpkit/errors`, the root
+// of every qmpkit error: each class names its brand (`Symbol.for('qmpkit.backup.<Class>')`, set
+// for the class and every base, so `isInstance` works across duplicate installs where instanceof
+// would not) and its `kind`.
+import { QmpkitError, errorKind, hasBrand, setBrand, type QmpkitErrorKind } from '@qmpkit/errors';
 
-const BASE_BRAND = Symbol.for('qmpkit.backup.BackupError');
-
-function hasBrand(value: unknown, brand: symbol): boolean {
-  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
+/**
+ * Brands `target` as this package's class `name`. The classes here declare a static `brand`
+ * instead (the base constructor sets it); kept for classes written in the earlier pattern.
+ */
+function brand(target: object, name: string): void {
+  setBrand(target, 'backup', name);
 }
 
-export class BackupError extends Error {
-  static isInstance(value: unknown): value is BackupError {
-    return hasBrand(value, BASE_BRAND);
+export class BackupError extends QmpkitError {
+  protected static override readonly scope: string = 'backup';
+  protected static override readonly brand: string = 'BackupError';
+
+  static override isInstance(value: unknown): value is BackupError {
+    return hasBrand(value, 'backup', 'BackupError');
   }
 
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'BackupError';
-    Object.defineProperty(this, BASE_BRAND, { value: true });
+    super(message, options);
   }
-}
-
-function brand(target: object, name: string): void {
-  Object.defineProperty(target, Symbol.for(`qmpkit.backup.${name}`), { value: true });
 }
 
 /** A bitmap granularity QEMU would refuse: not a power of two, or outside 512 B .. 2 GiB. */
 export class InvalidGranularityError extends BackupError {
+  protected static override readonly brand: string = 'InvalidGranularityError';
+  static override readonly kind: QmpkitErrorKind = 'usage';
+
   static override isInstance(value: unknown): value is InvalidGranularityError {
     return hasBrand(value, Symbol.for('qmpkit.backup.InvalidGranularityError'));
   }
@@ -35,14 +40,15 @@ export class InvalidGranularityError extends BackupError {
     super(
       `bitmap granularity ${granularity} is invalid: it must be a power of two between 512 B and 2 GiB (2^9..2^31)`,
     );
-    this.name = 'InvalidGranularityError';
     this.granularity = granularity;
-    brand(this, 'InvalidGranularityError');
   }
 }
 
 /** Neither a device (drive id) nor a node-name of that name exists. */
 export class NodeNotFoundError extends BackupError {
+  protected static override readonly brand: string = 'NodeNotFoundError';
+  static override readonly kind: QmpkitErrorKind = 'not-found';
+
   static override isInstance(value: unknown): value is NodeNotFoundError {
     return hasBrand(value, Symbol.for('qmpkit.backup.NodeNotFoundError'));
   }
@@ -51,13 +57,14 @@ export class NodeNotFoundError extends BackupError {
 
   constructor(node: string) {
     super(`no block device or node named "${node}"`);
-    this.name = 'NodeNotFoundError';
     this.node = node;
-    brand(this, 'NodeNotFoundError');
   }
 }
 
 export class BitmapNotFoundError extends BackupError {
+  protected static override readonly brand: string = 'BitmapNotFoundError';
+  static override readonly kind: QmpkitErrorKind = 'not-found';
+
   static override isInstance(value: unknown): value is BitmapNotFoundError {
     return hasBrand(value, Symbol.for('qmpkit.backup.BitmapNotFoundError'));
   }
@@ -67,15 +74,16 @@ export class BitmapNotFoundError extends BackupError {
 
   constructor(node: string, bitmap: string) {
     super(`node "${node}" has no dirty bitmap named "${bitmap}"`);
-    this.name = 'BitmapNotFoundError';
     this.node = node;
     this.bitmap = bitmap;
-    brand(this, 'BitmapNotFoundError');
   }
 }
 
 /** A job ended other than as asked (e.g. `JobResult` turned into an exception by `expectCompleted`). */
 export class BackupJobError extends BackupError {
+  protected static override readonly brand: string = 'BackupJobError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
+
   static override isInstance(value: unknown): value is BackupJobError {
     return hasBrand(value, Symbol.for('qmpkit.backup.BackupJobError'));
   }
@@ -98,17 +106,24 @@ export class BackupJobError extends BackupError {
       }`,
       options,
     );
-    this.name = 'BackupJobError';
     this.jobId = jobId;
     this.status = status;
     this.qemuError = qemuError;
     this.results = options?.results ?? [];
-    brand(this, 'BackupJobError');
   }
 }
 
 /** The job's event stream ended without the final JOB_STATUS_CHANGE (timeout, abort, disconnect). */
 export class JobTrackingError extends BackupError {
+  protected static override readonly brand: string = 'JobTrackingError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
+  /** Why tracking was lost: `timeout`, `abort` or `connection` from its cause, else `state`. */
+  override get kind(): QmpkitErrorKind {
+    const cause = errorKind(this.cause);
+    return cause === 'timeout' || cause === 'abort' || cause === 'connection' ? cause : 'state';
+  }
+
   static override isInstance(value: unknown): value is JobTrackingError {
     return hasBrand(value, Symbol.for('qmpkit.backup.JobTrackingError'));
   }
@@ -117,22 +132,21 @@ export class JobTrackingError extends BackupError {
 
   constructor(jobId: string, message: string, options?: { cause?: unknown }) {
     super(`backup job "${jobId}": ${message}`, options);
-    this.name = 'JobTrackingError';
     this.jobId = jobId;
-    brand(this, 'JobTrackingError');
   }
 }
 
 /** A transaction that cannot be sent: empty, or a job id used twice. */
 export class InvalidTransactionError extends BackupError {
+  protected static override readonly brand: string = 'InvalidTransactionError';
+  static override readonly kind: QmpkitErrorKind = 'usage';
+
   static override isInstance(value: unknown): value is InvalidTransactionError {
     return hasBrand(value, Symbol.for('qmpkit.backup.InvalidTransactionError'));
   }
 
   constructor(message: string) {
     super(message);
-    this.name = 'InvalidTransactionError';
-    brand(this, 'InvalidTransactionError');
   }
 }
 
@@ -142,6 +156,9 @@ export class InvalidTransactionError extends BackupError {
  * itself is unusable. Only a new full backup is safe; `reason` says why.
  */
 export class NewFullBackupRequiredError extends BackupError {
+  protected static override readonly brand: string = 'NewFullBackupRequiredError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
   static override isInstance(value: unknown): value is NewFullBackupRequiredError {
     return hasBrand(value, Symbol.for('qmpkit.backup.NewFullBackupRequiredError'));
   }
@@ -161,11 +178,9 @@ export class NewFullBackupRequiredError extends BackupError {
       `the backup chain of "${node}" (bitmap "${bitmap}") cannot be continued: ${detail}; a new full backup is required (pass { fullIfBroken: true } to take one instead)`,
       options,
     );
-    this.name = 'NewFullBackupRequiredError';
     this.reason = reason;
     this.node = node;
     this.bitmap = bitmap;
-    brand(this, 'NewFullBackupRequiredError');
   }
 }
 
@@ -195,6 +210,9 @@ export type ChainBrokenError = NewFullBackupRequiredError;
 
 /** The target file exists and overwriting was not asked for. */
 export class TargetExistsError extends BackupError {
+  protected static override readonly brand: string = 'TargetExistsError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
   static override isInstance(value: unknown): value is TargetExistsError {
     return hasBrand(value, Symbol.for('qmpkit.backup.TargetExistsError'));
   }
@@ -203,14 +221,15 @@ export class TargetExistsError extends BackupError {
 
   constructor(target: string) {
     super(`backup target "${target}" already exists (pass { overwrite: true } to replace it)`);
-    this.name = 'TargetExistsError';
     this.target = target;
-    brand(this, 'TargetExistsError');
   }
 }
 
 /** A manifest file that cannot be read or does not have the expected shape. */
 export class ManifestError extends BackupError {
+  protected static override readonly brand: string = 'ManifestError';
+  static override readonly kind: QmpkitErrorKind = 'integrity';
+
   static override isInstance(value: unknown): value is ManifestError {
     return hasBrand(value, Symbol.for('qmpkit.backup.ManifestError'));
   }
@@ -219,14 +238,15 @@ export class ManifestError extends BackupError {
 
   constructor(path: string, message: string, options?: { cause?: unknown }) {
     super(`manifest ${path}: ${message}`, options);
-    this.name = 'ManifestError';
     this.path = path;
-    brand(this, 'ManifestError');
   }
 }
 
 /** Verification found a difference or a damaged image. */
 export class VerifyError extends BackupError {
+  protected static override readonly brand: string = 'VerifyError';
+  static override readonly kind: QmpkitErrorKind = 'integrity';
+
   static override isInstance(value: unknown): value is VerifyError {
     return hasBrand(value, Symbol.for('qmpkit.backup.VerifyError'));
   }
@@ -235,9 +255,7 @@ export class VerifyError extends BackupError {
 
   constructor(failures: readonly string[]) {
     super(`verification failed:\n  ${failures.join('\n  ')}`);
-    this.name = 'VerifyError';
     this.failures = failures;
-    brand(this, 'VerifyError');
   }
 }
 
@@ -247,6 +265,13 @@ export class VerifyError extends BackupError {
  * bitmaps back), so the next incremental covers everything since the last good backup.
  */
 export class BackupAbortedError extends BackupError {
+  protected static override readonly brand: string = 'BackupAbortedError';
+  static override readonly kind: QmpkitErrorKind = 'abort';
+
+  override get kind(): QmpkitErrorKind {
+    return this.reason;
+  }
+
   static override isInstance(value: unknown): value is BackupAbortedError {
     return hasBrand(value, Symbol.for('qmpkit.backup.BackupAbortedError'));
   }
@@ -259,10 +284,8 @@ export class BackupAbortedError extends BackupError {
       `backup run ${run} was ${reason === 'timeout' ? 'stopped by its timeout' : 'aborted'}: its jobs were cancelled, nothing was recorded, and the next incremental covers everything since the last good backup`,
       options,
     );
-    this.name = 'BackupAbortedError';
     this.run = run;
     this.reason = reason;
-    brand(this, 'BackupAbortedError');
   }
 }
 
@@ -280,6 +303,9 @@ export interface PendingJobInfo {
  * process is gone, cancel it (`cancelOrphanJob: true`, CLI `--cancel-orphan-job`).
  */
 export class PendingRunError extends BackupError {
+  protected static override readonly brand: string = 'PendingRunError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
   static override isInstance(value: unknown): value is PendingRunError {
     return hasBrand(value, Symbol.for('qmpkit.backup.PendingRunError'));
   }
@@ -304,18 +330,24 @@ export class PendingRunError extends BackupError {
         ? `backup run ${run} of this chain is still in progress: ${who} is running job ${list}; wait for it to end`
         : `backup run ${run} was left behind by ${who}, which is gone, and its job ${list} is still in QEMU; wait for it to end, or cancel it (option cancelOrphanJob, CLI --cancel-orphan-job) to continue the chain`,
     );
-    this.name = 'PendingRunError';
     this.run = run;
     this.jobs = jobs;
     this.pid = owner.pid;
     this.host = owner.host;
     this.ownerAlive = owner.alive;
-    brand(this, 'PendingRunError');
   }
 }
 
 /** Bits of a bitmap could not be set (see `setBitmapRanges`). */
 export class BitmapRangeError extends BackupError {
+  protected static override readonly brand: string = 'BitmapRangeError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
+
+  /** `unsupported` when this QEMU offers no way, else `qemu`. */
+  override get kind(): QmpkitErrorKind {
+    return this.reason === 'unsupported' ? 'unsupported' : 'qemu';
+  }
+
   static override isInstance(value: unknown): value is BitmapRangeError {
     return hasBrand(value, Symbol.for('qmpkit.backup.BitmapRangeError'));
   }
@@ -327,16 +359,17 @@ export class BitmapRangeError extends BackupError {
 
   constructor(node: string, bitmap: string, reason: 'unsupported' | 'failed', detail: string, options?: { cause?: unknown }) {
     super(`cannot set bits of bitmap "${bitmap}" on "${node}": ${detail}`, options);
-    this.name = 'BitmapRangeError';
     this.node = node;
     this.bitmap = bitmap;
     this.reason = reason;
-    brand(this, 'BitmapRangeError');
   }
 }
 
 /** The drive's node is busy with a block job that is not this chain's, or was resized while a run started. */
 export class DriveBusyError extends BackupError {
+  protected static override readonly brand: string = 'DriveBusyError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
   static override isInstance(value: unknown): value is DriveBusyError {
     return hasBrand(value, Symbol.for('qmpkit.backup.DriveBusyError'));
   }
@@ -345,14 +378,15 @@ export class DriveBusyError extends BackupError {
 
   constructor(node: string, detail: string, options?: { cause?: unknown }) {
     super(`drive "${node}": ${detail}`, options);
-    this.name = 'DriveBusyError';
     this.node = node;
-    brand(this, 'DriveBusyError');
   }
 }
 
 /** `blockdev-add` named a block driver this QEMU build does not have (e.g. `blkdebug`). */
 export class BlockDriverUnavailableError extends BackupError {
+  protected static override readonly brand: string = 'BlockDriverUnavailableError';
+  static override readonly kind: QmpkitErrorKind = 'unsupported';
+
   static override isInstance(value: unknown): value is BlockDriverUnavailableError {
     return hasBrand(value, Symbol.for('qmpkit.backup.BlockDriverUnavailableError'));
   }
@@ -361,14 +395,15 @@ export class BlockDriverUnavailableError extends BackupError {
 
   constructor(driver: string, options?: { cause?: unknown }) {
     super(`this QEMU has no block driver "${driver}"`, options);
-    this.name = 'BlockDriverUnavailableError';
     this.driver = driver;
-    brand(this, 'BlockDriverUnavailableError');
   }
 }
 
 /** A `blockdev-create` job did not create the image; `qemuError` is QEMU's reason. */
 export class BlockdevCreateError extends BackupError {
+  protected static override readonly brand: string = 'BlockdevCreateError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
+
   static override isInstance(value: unknown): value is BlockdevCreateError {
     return hasBrand(value, Symbol.for('qmpkit.backup.BlockdevCreateError'));
   }
@@ -378,9 +413,7 @@ export class BlockdevCreateError extends BackupError {
 
   constructor(jobId: string, qemuError: string | undefined, options?: { cause?: unknown }) {
     super(`blockdev-create job "${jobId}" failed${qemuError ? `: ${qemuError}` : ''}`, options);
-    this.name = 'BlockdevCreateError';
     this.jobId = jobId;
     this.qemuError = qemuError;
-    brand(this, 'BlockdevCreateError');
   }
 }

@@ -90,3 +90,6 @@ export type {
 } from './manifest.js';
 export { restoreChain, verifyChain } from './verify.js';
 export type { ImageVerdict, RestoreOptions, VerifyOptions, VerifyReport } from './verify.js';
+// The root of every qmpkit error (one check for any package's errors, and their kind).
+export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
+export type { QmpkitErrorKind } from '@qmpkit/errors';

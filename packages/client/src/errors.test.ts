@@ -1,3 +1,5 @@
+import { QmpkitError, errorClassKinds, isQmpkitError } from '@qmpkit/errors';
+import * as api from './index.js';
 import {
   QmpAbortError,
   QmpCommandError,
@@ -70,5 +72,32 @@ describe('errors', () => {
     expect(QmpError.isInstance(foreign)).toBe(true);
     expect(QmpTimeoutError.isInstance(foreign)).toBe(true);
     expect(QmpCommandError.isInstance(foreign)).toBe(false);
+  });
+});
+
+describe('the qmpkit error family', () => {
+  test('every exported error class declares its kind', () => {
+    // A new class must say what kind of failure it is: add it here with its kind.
+    expect(errorClassKinds(api)).toEqual({
+      QmpAbortError: 'abort',
+      QmpCommandError: 'qemu',
+      QmpConnectionError: 'connection',
+      QmpError: 'other',
+      QmpEventOverflowError: 'overflow',
+      QmpNegotiationError: 'protocol',
+      QmpProtocolError: 'protocol',
+      QmpTimeoutError: 'timeout',
+      QmpUnsupportedArgumentError: 'unsupported',
+      QmpUnsupportedCommandError: 'unsupported',
+    });
+  });
+
+  test('one check recognises a timeout of this package among any qmpkit errors', () => {
+    const timeout = new api.QmpTimeoutError('execute x', 5);
+    const other = new api.QmpCommandError({ execute: 'stop', id: 1 }, { error: { class: 'GenericError', desc: 'no' }, id: 1 });
+    expect(isQmpkitError(timeout, 'timeout')).toBe(true);
+    expect(QmpkitError.isInstance(other)).toBe(true);
+    expect(isQmpkitError(other, 'timeout')).toBe(false);
+    expect(timeout.kind).toBe('timeout');
   });
 });

@@ -1,34 +1,23 @@
+import { QmpkitError, hasBrand as hasQmpkitBrand, type QmpkitErrorKind } from '@qmpkit/errors';
 import type { QapiErrorClass } from '@qmpkit/schema';
 import type { QmpCommandMessage, QmpErrorReply } from './messages.js';
 
-function brandOf(name: string): symbol {
-  return Symbol.for(`qmpkit.client.${name}`);
-}
-
+/** Whether `value` carries the brand of this package's class `name` (`Symbol.for('qmpkit.client.<name>')`). */
 function hasBrand(value: unknown, name: string): boolean {
-  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brandOf(name)] === true;
+  return hasQmpkitBrand(value, 'client', name);
 }
 
 /**
- * Base of every error this package throws. Each class marks its instances with a
- * `Symbol.for('qmpkit.client.<Class>')` brand (for itself and every base class), so
- * `isInstance()` works across duplicate installs of the package, where `instanceof` would not.
- * The brand names are spelled out per class because bundlers may rename classes.
+ * Base of every error this package throws; it extends `QmpkitError` of `@qmpkit/errors`, the
+ * root of every qmpkit error. Each class names its brand (`Symbol.for('qmpkit.client.<Class>')`,
+ * set for the class and every base, so `isInstance()` works across duplicate installs where
+ * `instanceof` would not; spelled out because bundlers may rename classes) and its `kind`.
  */
-export class QmpError extends Error {
-  protected static readonly brand: string = 'QmpError';
+export class QmpError extends QmpkitError {
+  protected static override readonly scope: string = 'client';
+  protected static override readonly brand: string = 'QmpError';
 
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    const own = (new.target as unknown as { brand: string }).brand;
-    this.name = own;
-    for (let ctor: unknown = new.target; typeof ctor === 'function' && ctor !== Error; ctor = Object.getPrototypeOf(ctor)) {
-      const brand = (ctor as { brand?: unknown }).brand;
-      if (typeof brand === 'string') Object.defineProperty(this, brandOf(brand), { value: true, enumerable: false });
-    }
-  }
-
-  static isInstance(value: unknown): value is QmpError {
+  static override isInstance(value: unknown): value is QmpError {
     return hasBrand(value, 'QmpError');
   }
 }
@@ -46,6 +35,7 @@ const KNOWN_ERROR_CLASSES: ReadonlySet<string> = new Set(Object.keys({
 /** QEMU answered a command with an error reply. */
 export class QmpCommandError extends QmpError {
   protected static override readonly brand: string = 'QmpCommandError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
 
   /**
    * QMP error class: `GenericError`, `CommandNotFound`, `DeviceNotFound`, ... A class that
@@ -82,6 +72,7 @@ export class QmpCommandError extends QmpError {
  */
 export class QmpConnectionError extends QmpError {
   protected static override readonly brand: string = 'QmpConnectionError';
+  static override readonly kind: QmpkitErrorKind = 'connection';
 
   static override isInstance(value: unknown): value is QmpConnectionError {
     return hasBrand(value, 'QmpConnectionError');
@@ -91,6 +82,7 @@ export class QmpConnectionError extends QmpError {
 /** An operation did not finish within its `timeout`. */
 export class QmpTimeoutError extends QmpError {
   protected static override readonly brand: string = 'QmpTimeoutError';
+  static override readonly kind: QmpkitErrorKind = 'timeout';
 
   /** The timeout that expired, in milliseconds. */
   readonly timeout: number;
@@ -111,6 +103,7 @@ export class QmpTimeoutError extends QmpError {
 /** An operation was cancelled through its AbortSignal; `cause` is the signal's reason. */
 export class QmpAbortError extends QmpError {
   protected static override readonly brand: string = 'QmpAbortError';
+  static override readonly kind: QmpkitErrorKind = 'abort';
 
   readonly operation: string;
 
@@ -130,6 +123,7 @@ export class QmpAbortError extends QmpError {
  */
 export class QmpProtocolError extends QmpError {
   protected static override readonly brand: string = 'QmpProtocolError';
+  static override readonly kind: QmpkitErrorKind = 'protocol';
 
   /** The offending text, cut to a readable length, when there is one. */
   readonly excerpt: string | undefined;
@@ -150,6 +144,7 @@ export class QmpProtocolError extends QmpError {
  */
 export class QmpNegotiationError extends QmpError {
   protected static override readonly brand: string = 'QmpNegotiationError';
+  static override readonly kind: QmpkitErrorKind = 'protocol';
 
   /** Capabilities the server offered in its greeting, when known. */
   readonly offered: readonly string[] | undefined;
@@ -170,6 +165,7 @@ export class QmpNegotiationError extends QmpError {
  */
 export class QmpEventOverflowError extends QmpError {
   protected static override readonly brand: string = 'QmpEventOverflowError';
+  static override readonly kind: QmpkitErrorKind = 'overflow';
 
   /** The stream's queue capacity. */
   readonly capacity: number;
@@ -200,6 +196,7 @@ function describeSchemaSource(source: QmpSchemaSource): string {
  */
 export class QmpUnsupportedCommandError extends QmpError {
   protected static override readonly brand: string = 'QmpUnsupportedCommandError';
+  static override readonly kind: QmpkitErrorKind = 'unsupported';
 
   readonly command: string;
   /** The server's version, e.g. `7.2.22`. */
@@ -224,6 +221,7 @@ export class QmpUnsupportedCommandError extends QmpError {
  */
 export class QmpUnsupportedArgumentError extends QmpError {
   protected static override readonly brand: string = 'QmpUnsupportedArgumentError';
+  static override readonly kind: QmpkitErrorKind = 'unsupported';
 
   readonly command: string;
   /** Arguments given that the command does not take. */

@@ -59,3 +59,6 @@ export type {
   QmpVersion,
   QmpVersionTriple,
 } from './messages.js';
+// The root of every qmpkit error (one check for any package's errors, and their kind).
+export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
+export type { QmpkitErrorKind } from '@qmpkit/errors';

@@ -26,7 +26,7 @@ export type QmpkitErrorKind =
   | 'not-found'
   /** The operation does not fit the current state: a machine not running, a chain that needs a new full backup. */
   | 'state'
-  /** QEMU refused or failed: an error reply, a failed job, QEMU exiting during start-up. */
+  /** QEMU (or the NBD server standing in for it) refused or failed: an error reply, a failed job, QEMU exiting during start-up. */
   | 'qemu'
   /** A connection could not be made, or ended. */
   | 'connection'

@@ -1,59 +1,51 @@
 /**
- * Error classes of @qmpkit/image-tools.
- *
- * Each class is branded with a `Symbol.for(...)` key so that `isInstance()` keeps working when a
- * program ends up with two copies of this package (where `instanceof` would fail).
+ * Error classes of @qmpkit/image-tools. The base extends `QmpkitError` of `@qmpkit/errors`, the
+ * root of every qmpkit error: each class names its brand (`Symbol.for('qmpkit.image-tools.<Class>')`,
+ * set for the class and every base, so `isInstance()` keeps working when a program ends up with
+ * two copies of this package, where `instanceof` would fail) and its `kind`.
  */
+import { QmpkitError, hasBrand as hasQmpkitBrand, type QmpkitErrorKind, type QmpkitErrorOptions } from '@qmpkit/errors';
 
-const BASE_BRAND = Symbol.for('qmpkit.image-tools.ImageToolsError');
-
-function setBrand(target: object, brand: symbol): void {
-  // Non-enumerable so the brand does not show up in logs or JSON of the error.
-  Object.defineProperty(target, brand, { value: true });
+/** Whether `value` carries the brand of this package's class `name`. */
+function hasBrand(value: unknown, name: string): boolean {
+  return hasQmpkitBrand(value, 'image-tools', name);
 }
 
-function hasBrand(value: unknown, brand: symbol): boolean {
-  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
-}
-
-export interface ImageToolsErrorOptions {
-  cause?: unknown;
-}
+export type ImageToolsErrorOptions = QmpkitErrorOptions;
 
 /** Base class of every error thrown by this package. */
-export class ImageToolsError extends Error {
+export class ImageToolsError extends QmpkitError {
+  protected static override readonly scope: string = 'image-tools';
+  protected static override readonly brand: string = 'ImageToolsError';
 
   constructor(message: string, options: ImageToolsErrorOptions = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'ImageToolsError';
-    setBrand(this, BASE_BRAND);
+    super(message, options);
   }
 
-  static isInstance(value: unknown): value is ImageToolsError {
-    return hasBrand(value, BASE_BRAND);
+  static override isInstance(value: unknown): value is ImageToolsError {
+    return hasBrand(value, 'ImageToolsError');
   }
 }
-
-const ARGUMENT_BRAND = Symbol.for('qmpkit.image-tools.ImageToolsArgumentError');
 
 /**
  * An argument was rejected before any process was started (bad size, pattern, file name, option
  * value, ...). `argument` names the offending parameter and `value` is what was passed.
  */
 export class ImageToolsArgumentError extends ImageToolsError {
+  protected static override readonly brand: string = 'ImageToolsArgumentError';
+  static override readonly kind: QmpkitErrorKind = 'usage';
+
   readonly argument: string;
   readonly value: unknown;
 
   constructor(argument: string, value: unknown, reason: string, options: ImageToolsErrorOptions = {}) {
     super(`invalid ${argument} (${describe(value)}): ${reason}`, options);
-    this.name = 'ImageToolsArgumentError';
-    setBrand(this, ARGUMENT_BRAND);
     this.argument = argument;
     this.value = value;
   }
 
   static override isInstance(value: unknown): value is ImageToolsArgumentError {
-    return hasBrand(value, ARGUMENT_BRAND);
+    return hasBrand(value, 'ImageToolsArgumentError');
   }
 }
 
@@ -83,10 +75,11 @@ export interface ToolErrorDetails {
   cause?: unknown;
 }
 
-const TOOL_BRAND = Symbol.for('qmpkit.image-tools.ToolError');
-
 /** Common shape of `QemuImgError` and `QemuIoError`: everything needed to reproduce the run. */
 export class ToolError extends ImageToolsError {
+  protected static override readonly brand: string = 'ToolError';
+  static override readonly kind: QmpkitErrorKind = 'tool';
+
   /** Path or name of the binary that ran. */
   readonly binary: string;
   /** Arguments passed to the binary (without the binary itself). */
@@ -101,8 +94,6 @@ export class ToolError extends ImageToolsError {
 
   constructor(message: string, details: ToolErrorDetails) {
     super(message, details.cause === undefined ? {} : { cause: details.cause });
-    this.name = 'ToolError';
-    setBrand(this, TOOL_BRAND);
     this.binary = details.binary;
     this.argv = details.argv;
     this.exitCode = details.exitCode;
@@ -112,50 +103,44 @@ export class ToolError extends ImageToolsError {
     this.reason = details.reason;
   }
 
+  /** `timeout` or `abort` when the run was killed for that reason; otherwise `tool`. */
+  override get kind(): QmpkitErrorKind {
+    return this.reason === 'timeout' ? 'timeout' : this.reason === 'abort' ? 'abort' : 'tool';
+  }
+
   static override isInstance(value: unknown): value is ToolError {
-    return hasBrand(value, TOOL_BRAND);
+    return hasBrand(value, 'ToolError');
   }
 }
-
-const IMG_BRAND = Symbol.for('qmpkit.image-tools.QemuImgError');
 
 /** A qemu-img run failed. */
 export class QemuImgError extends ToolError {
-
-  constructor(message: string, details: ToolErrorDetails) {
-    super(message, details);
-    this.name = 'QemuImgError';
-    setBrand(this, IMG_BRAND);
-  }
+  protected static override readonly brand: string = 'QemuImgError';
 
   static override isInstance(value: unknown): value is QemuImgError {
-    return hasBrand(value, IMG_BRAND);
+    return hasBrand(value, 'QemuImgError');
   }
 }
-
-const IO_BRAND = Symbol.for('qmpkit.image-tools.QemuIoError');
 
 /**
  * A qemu-io run failed: it exited non-zero, or one of its commands printed a failure
  * (`failures` holds those lines; qemu-io may still exit 0 in that case).
  */
 export class QemuIoError extends ToolError {
+  protected static override readonly brand: string = 'QemuIoError';
+
   /** Output lines that report a failed command. */
   readonly failures: readonly string[];
 
   constructor(message: string, details: ToolErrorDetails & { failures?: readonly string[] }) {
     super(message, details);
-    this.name = 'QemuIoError';
-    setBrand(this, IO_BRAND);
     this.failures = details.failures ?? [];
   }
 
   static override isInstance(value: unknown): value is QemuIoError {
-    return hasBrand(value, IO_BRAND);
+    return hasBrand(value, 'QemuIoError');
   }
 }
-
-const LAYOUT_BRAND = Symbol.for('qmpkit.image-tools.UnsupportedQcow2LayoutError');
 
 /** What `createQcow2Image` cannot lay out itself (qemu-img can, or reports its own error). */
 export type UnsupportedQcow2LayoutReason =
@@ -175,42 +160,46 @@ export type UnsupportedQcow2LayoutReason =
  * created; `qemuImg.create` with the same options is the fallback.
  */
 export class UnsupportedQcow2LayoutError extends ImageToolsError {
+  protected static override readonly brand: string = 'UnsupportedQcow2LayoutError';
+  static override readonly kind: QmpkitErrorKind = 'unsupported';
+
   readonly file: string;
   readonly reason: UnsupportedQcow2LayoutReason;
 
   constructor(file: string, reason: UnsupportedQcow2LayoutReason, detail: string) {
     super(`cannot create ${file} in-process (${reason}): ${detail}; use qemuImg.create instead`);
-    this.name = 'UnsupportedQcow2LayoutError';
-    setBrand(this, LAYOUT_BRAND);
     this.file = file;
     this.reason = reason;
   }
 
   static override isInstance(value: unknown): value is UnsupportedQcow2LayoutError {
-    return hasBrand(value, LAYOUT_BRAND);
+    return hasBrand(value, 'UnsupportedQcow2LayoutError');
   }
 }
-
-const ABORT_BRAND = Symbol.for('qmpkit.image-tools.ImageToolsAbortError');
 
 /**
  * An in-process operation (no tool involved) was stopped by its `signal` or `timeout`;
  * whatever it had written was removed. `cause` is the signal's reason when it was aborted.
  */
 export class ImageToolsAbortError extends ImageToolsError {
+  protected static override readonly brand: string = 'ImageToolsAbortError';
+  static override readonly kind: QmpkitErrorKind = 'abort';
+
   readonly operation: string;
   readonly reason: 'abort' | 'timeout';
 
   constructor(operation: string, reason: 'abort' | 'timeout', options: ImageToolsErrorOptions = {}) {
     super(`${operation} ${reason === 'abort' ? 'was aborted' : 'timed out'}`, options);
-    this.name = 'ImageToolsAbortError';
-    setBrand(this, ABORT_BRAND);
     this.operation = operation;
     this.reason = reason;
   }
 
+  override get kind(): QmpkitErrorKind {
+    return this.reason;
+  }
+
   static override isInstance(value: unknown): value is ImageToolsAbortError {
-    return hasBrand(value, ABORT_BRAND);
+    return hasBrand(value, 'ImageToolsAbortError');
   }
 }
 

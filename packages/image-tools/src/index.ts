@@ -56,3 +56,6 @@ export {
   UnsupportedQcow2LayoutError,
 } from './errors.js';
 export type { ToolErrorDetails, ToolFailureReason, ImageToolsErrorOptions, UnsupportedQcow2LayoutReason } from './errors.js';
+// The root of every qmpkit error (one check for any package's errors, and their kind).
+export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
+export type { QmpkitErrorKind } from '@qmpkit/errors';

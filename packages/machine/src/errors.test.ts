@@ -1,3 +1,5 @@
+import { QmpkitError, errorClassKinds, isQmpkitError } from '@qmpkit/errors';
+import * as api from './index.js';
 import {
   InvalidHmpCommandError,
   MachineConfigError,
@@ -42,5 +44,32 @@ describe('error brands', () => {
     const cause = new Error('spawn EACCES');
     const error = new QemuLaunchError({ reason: 'spawn-failed', argv: ['x'], exitCode: null, signal: null, logTail: '', cause });
     expect(error.cause).toBe(cause);
+  });
+});
+
+describe('the qmpkit error family', () => {
+  test('every exported error class declares its kind', () => {
+    // A new class must say what kind of failure it is: add it here with its kind.
+    expect(errorClassKinds(api)).toEqual({
+      InvalidHmpCommandError: 'usage',
+      MachineAbortError: 'abort',
+      MachineConfigError: 'usage',
+      MachineError: 'other',
+      MachineStateError: 'state',
+      MachineTimeoutError: 'timeout',
+      QemuBinaryNotFoundError: 'not-found',
+      QemuIoHmpError: 'qemu',
+      QemuLaunchError: 'qemu',
+      QemuShutdownError: 'qemu',
+    });
+  });
+
+  test('one check recognises a timeout of this package among any qmpkit errors', () => {
+    const timeout = new api.MachineTimeoutError('waitForExit', 10);
+    const other = new api.MachineStateError('hmp', 'idle');
+    expect(isQmpkitError(timeout, 'timeout')).toBe(true);
+    expect(QmpkitError.isInstance(other)).toBe(true);
+    expect(isQmpkitError(other, 'timeout')).toBe(false);
+    expect(timeout.kind).toBe('timeout');
   });
 });

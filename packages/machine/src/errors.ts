@@ -1,40 +1,30 @@
-const BRAND_PREFIX = 'qmpkit.machine.';
+import { QmpkitError, hasBrand, type QmpkitErrorKind } from '@qmpkit/errors';
 
-function brandSymbol(name: string): symbol {
-  return Symbol.for(BRAND_PREFIX + name);
-}
-
+/** Whether `value` carries the brand of this package's class `name` (`Symbol.for('qmpkit.machine.<name>')`). */
 function carriesBrand(value: unknown, name: string): boolean {
-  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brandSymbol(name)] === true;
+  return hasBrand(value, 'machine', name);
 }
 
 /**
- * Base of every error thrown by `@qmpkit/machine`. Instances carry a
- * `Symbol.for('qmpkit.machine.<Class>')` brand for their own class and each base class, so
- * `isInstance()` answers correctly even when two copies of the package are installed
- * (where `instanceof` would not). Class names are written out as strings because bundlers
- * may rename classes.
+ * Base of every error thrown by `@qmpkit/machine`; it extends `QmpkitError` of `@qmpkit/errors`,
+ * the root of every qmpkit error. Instances carry a `Symbol.for('qmpkit.machine.<Class>')` brand
+ * for their own class and each base class, so `isInstance()` answers correctly even when two
+ * copies of the package are installed (where `instanceof` would not). Class names are written
+ * out as strings (`brand`) because bundlers may rename classes; each class also says its `kind`.
  */
-export class MachineError extends Error {
-  protected static readonly brandName: string = 'MachineError';
+export class MachineError extends QmpkitError {
+  protected static override readonly scope: string = 'machine';
+  protected static override readonly brand: string = 'MachineError';
 
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = (new.target as unknown as { brandName: string }).brandName;
-    for (let ctor: unknown = new.target; typeof ctor === 'function' && ctor !== Error; ctor = Object.getPrototypeOf(ctor)) {
-      const own = Object.prototype.hasOwnProperty.call(ctor, 'brandName') ? (ctor as unknown as { brandName: unknown }).brandName : undefined;
-      if (typeof own === 'string') Object.defineProperty(this, brandSymbol(own), { value: true, enumerable: false });
-    }
-  }
-
-  static isInstance(value: unknown): value is MachineError {
+  static override isInstance(value: unknown): value is MachineError {
     return carriesBrand(value, 'MachineError');
   }
 }
 
 /** A QEMU binary could not be found: not the given path, not `$ENV`, not on `PATH`. */
 export class QemuBinaryNotFoundError extends MachineError {
-  protected static override readonly brandName: string = 'QemuBinaryNotFoundError';
+  protected static override readonly brand: string = 'QemuBinaryNotFoundError';
+  static override readonly kind: QmpkitErrorKind = 'not-found';
 
   /** What was looked for: the explicit path, the environment value, or the default name. */
   readonly binary: string;
@@ -67,7 +57,8 @@ export class QemuBinaryNotFoundError extends MachineError {
  * Thrown before anything is started.
  */
 export class MachineConfigError extends MachineError {
-  protected static override readonly brandName: string = 'MachineConfigError';
+  protected static override readonly brand: string = 'MachineConfigError';
+  static override readonly kind: QmpkitErrorKind = 'usage';
 
   /** The option at fault, e.g. `drive.id` or `drive.opts.cache`. */
   readonly option: string;
@@ -86,7 +77,8 @@ export class MachineConfigError extends MachineError {
 
 /** An operation was called in a state that does not allow it (e.g. `hmp()` before `launch()`). */
 export class MachineStateError extends MachineError {
-  protected static override readonly brandName: string = 'MachineStateError';
+  protected static override readonly brand: string = 'MachineStateError';
+  static override readonly kind: QmpkitErrorKind = 'state';
 
   readonly operation: string;
   readonly state: string;
@@ -120,7 +112,8 @@ export type LaunchFailureReason =
  * the time this is thrown; `logTail` keeps the end of what QEMU printed.
  */
 export class QemuLaunchError extends MachineError {
-  protected static override readonly brandName: string = 'QemuLaunchError';
+  protected static override readonly brand: string = 'QemuLaunchError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
 
   readonly reason: LaunchFailureReason;
   /** The full command line, binary first. */
@@ -161,6 +154,20 @@ export class QemuLaunchError extends MachineError {
     this.logTail = init.logTail;
   }
 
+  /** `timeout` and `abort` for those reasons, `connection` when QMP could not connect, else `qemu`. */
+  override get kind(): QmpkitErrorKind {
+    switch (this.reason) {
+      case 'timeout':
+        return 'timeout';
+      case 'aborted':
+        return 'abort';
+      case 'connect-failed':
+        return 'connection';
+      default:
+        return 'qemu';
+    }
+  }
+
   static override isInstance(value: unknown): value is QemuLaunchError {
     return carriesBrand(value, 'QemuLaunchError');
   }
@@ -172,7 +179,8 @@ export class QemuLaunchError extends MachineError {
  * was refused before anything was sent.
  */
 export class InvalidHmpCommandError extends MachineError {
-  protected static override readonly brandName: string = 'InvalidHmpCommandError';
+  protected static override readonly brand: string = 'InvalidHmpCommandError';
+  static override readonly kind: QmpkitErrorKind = 'usage';
 
   readonly argument: 'drive' | 'command';
   readonly value: string;
@@ -193,7 +201,8 @@ export class InvalidHmpCommandError extends MachineError {
  * at the QMP level; the failure shows only in text (the HMP reply or QEMU's stdout/stderr).
  */
 export class QemuIoHmpError extends MachineError {
-  protected static override readonly brandName: string = 'QemuIoHmpError';
+  protected static override readonly brand: string = 'QemuIoHmpError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
 
   readonly drive: string;
   readonly command: string;
@@ -220,7 +229,8 @@ export class QemuIoHmpError extends MachineError {
 
 /** A wait (`waitForExit`, a shutdown phase) did not finish within its timeout. */
 export class MachineTimeoutError extends MachineError {
-  protected static override readonly brandName: string = 'MachineTimeoutError';
+  protected static override readonly brand: string = 'MachineTimeoutError';
+  static override readonly kind: QmpkitErrorKind = 'timeout';
 
   readonly operation: string;
   readonly timeout: number;
@@ -238,7 +248,8 @@ export class MachineTimeoutError extends MachineError {
 
 /** An operation was cancelled through its `AbortSignal`; `cause` is the signal's reason. */
 export class MachineAbortError extends MachineError {
-  protected static override readonly brandName: string = 'MachineAbortError';
+  protected static override readonly brand: string = 'MachineAbortError';
+  static override readonly kind: QmpkitErrorKind = 'abort';
 
   readonly operation: string;
 
@@ -257,7 +268,8 @@ export class MachineAbortError extends MachineError {
  * temporary directory is left for the process-exit hook to remove.
  */
 export class QemuShutdownError extends MachineError {
-  protected static override readonly brandName: string = 'QemuShutdownError';
+  protected static override readonly brand: string = 'QemuShutdownError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
 
   readonly pid: number;
 

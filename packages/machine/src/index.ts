@@ -37,3 +37,6 @@ export {
   QemuShutdownError,
 } from './errors.js';
 export type { LaunchFailureReason } from './errors.js';
+// The root of every qmpkit error (one check for any package's errors, and their kind).
+export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
+export type { QmpkitErrorKind } from '@qmpkit/errors';

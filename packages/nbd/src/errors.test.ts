@@ -1,3 +1,5 @@
+import { QmpkitError, errorClassKinds, isQmpkitError } from '@qmpkit/errors';
+import * as api from './index.js';
 import * as errors from './errors.js';
 
 test('every error class is branded for isInstance across copies of the package, and names itself', () => {
@@ -19,4 +21,29 @@ test('every error class is branded for isInstance across copies of the package, 
   expect(new errors.NbdProtocolError('x', { excerpt: Buffer.from('ab') }).excerpt).toBe('6162');
   expect(new errors.NbdArgumentError('offset', -1, 'must be >= 0').message).toBe('invalid offset (-1): must be >= 0');
   for (const Class of [errors.NbdAbortError, errors.NbdTimeoutError]) expect(Class.isInstance(new Class('op', 5))).toBe(true);
+});
+
+describe('the qmpkit error family', () => {
+  test('every exported error class declares its kind', () => {
+    // A new class must say what kind of failure it is: add it here with its kind.
+    expect(errorClassKinds(api)).toEqual({
+      NbdAbortError: 'abort',
+      NbdArgumentError: 'usage',
+      NbdCommandError: 'qemu',
+      NbdConnectionError: 'connection',
+      NbdError: 'other',
+      NbdHandshakeError: 'protocol',
+      NbdProtocolError: 'protocol',
+      NbdTimeoutError: 'timeout',
+    });
+  });
+
+  test('one check recognises a timeout of this package among any qmpkit errors', () => {
+    const timeout = new api.NbdTimeoutError('read', 5);
+    const other = new api.NbdArgumentError('offset', -1, 'negative');
+    expect(isQmpkitError(timeout, 'timeout')).toBe(true);
+    expect(QmpkitError.isInstance(other)).toBe(true);
+    expect(isQmpkitError(other, 'timeout')).toBe(false);
+    expect(timeout.kind).toBe('timeout');
+  });
 });

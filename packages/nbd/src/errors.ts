@@ -1,33 +1,23 @@
+import { QmpkitError, hasBrand as hasQmpkitBrand, type QmpkitErrorKind } from '@qmpkit/errors';
+
 import { errnoName, optionName, optionReplyErrorName } from './constants.js';
 
-function brandOf(name: string): symbol {
-  return Symbol.for(`qmpkit.nbd.${name}`);
-}
-
+/** Whether `value` carries the brand of this package's class `name` (`Symbol.for('qmpkit.nbd.<name>')`). */
 function hasBrand(value: unknown, name: string): boolean {
-  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brandOf(name)] === true;
+  return hasQmpkitBrand(value, 'nbd', name);
 }
 
 /**
- * Base of every error this package throws. Each class marks its instances with a
- * `Symbol.for('qmpkit.nbd.<Class>')` brand (for itself and every base class), so
- * `isInstance()` works across duplicate installs of the package, where `instanceof` would not.
- * The brand names are spelled out per class because bundlers may rename classes.
+ * Base of every error this package throws; it extends `QmpkitError` of `@qmpkit/errors`, the
+ * root of every qmpkit error. Each class names its brand (`Symbol.for('qmpkit.nbd.<Class>')`,
+ * set for the class and every base, so `isInstance()` works across duplicate installs where
+ * `instanceof` would not; spelled out because bundlers may rename classes) and its `kind`.
  */
-export class NbdError extends Error {
-  protected static readonly brand: string = 'NbdError';
+export class NbdError extends QmpkitError {
+  protected static override readonly scope: string = 'nbd';
+  protected static override readonly brand: string = 'NbdError';
 
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    const own = (new.target as unknown as { brand: string }).brand;
-    this.name = own;
-    for (let ctor: unknown = new.target; typeof ctor === 'function' && ctor !== Error; ctor = Object.getPrototypeOf(ctor)) {
-      const brand = (ctor as { brand?: unknown }).brand;
-      if (typeof brand === 'string') Object.defineProperty(this, brandOf(brand), { value: true, enumerable: false });
-    }
-  }
-
-  static isInstance(value: unknown): value is NbdError {
+  static override isInstance(value: unknown): value is NbdError {
     return hasBrand(value, 'NbdError');
   }
 }
@@ -39,6 +29,7 @@ export class NbdError extends Error {
  */
 export class NbdConnectionError extends NbdError {
   protected static override readonly brand: string = 'NbdConnectionError';
+  static override readonly kind: QmpkitErrorKind = 'connection';
 
   static override isInstance(value: unknown): value is NbdConnectionError {
     return hasBrand(value, 'NbdConnectionError');
@@ -52,6 +43,7 @@ export class NbdConnectionError extends NbdError {
  */
 export class NbdProtocolError extends NbdError {
   protected static override readonly brand: string = 'NbdProtocolError';
+  static override readonly kind: QmpkitErrorKind = 'protocol';
 
   /** Up to 64 bytes around where the violation was seen, as hex, when there are any. */
   readonly excerpt: string | undefined;
@@ -72,6 +64,7 @@ export class NbdProtocolError extends NbdError {
  */
 export class NbdHandshakeError extends NbdError {
   protected static override readonly brand: string = 'NbdHandshakeError';
+  static override readonly kind: QmpkitErrorKind = 'protocol';
 
   /** The option that failed, e.g. `NBD_OPT_GO`. */
   readonly option: string;
@@ -101,6 +94,7 @@ export type NbdCommandName = 'read' | 'block-status';
  */
 export class NbdCommandError extends NbdError {
   protected static override readonly brand: string = 'NbdCommandError';
+  static override readonly kind: QmpkitErrorKind = 'qemu';
 
   readonly command: NbdCommandName;
   /** The request's offset and length as sent. */
@@ -144,6 +138,7 @@ export class NbdCommandError extends NbdError {
 /** An operation did not finish within its `timeout`. */
 export class NbdTimeoutError extends NbdError {
   protected static override readonly brand: string = 'NbdTimeoutError';
+  static override readonly kind: QmpkitErrorKind = 'timeout';
 
   /** What was being waited for, e.g. `read of 65536 byte(s) at offset 0`. */
   readonly operation: string;
@@ -164,6 +159,7 @@ export class NbdTimeoutError extends NbdError {
 /** An operation was cancelled through its AbortSignal; `cause` is the signal's reason. */
 export class NbdAbortError extends NbdError {
   protected static override readonly brand: string = 'NbdAbortError';
+  static override readonly kind: QmpkitErrorKind = 'abort';
 
   readonly operation: string;
 
@@ -180,6 +176,7 @@ export class NbdAbortError extends NbdError {
 /** A caller's argument was refused before anything was sent (out of range, wrong type, unknown context). */
 export class NbdArgumentError extends NbdError {
   protected static override readonly brand: string = 'NbdArgumentError';
+  static override readonly kind: QmpkitErrorKind = 'usage';
 
   readonly argument: string;
   readonly value: unknown;

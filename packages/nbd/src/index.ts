@@ -51,3 +51,6 @@ export {
   serializeRequest,
   serializeStructuredReply,
 } from './serializer.js';
+// The root of every qmpkit error (one check for any package's errors, and their kind).
+export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
+export type { QmpkitErrorKind } from '@qmpkit/errors';
