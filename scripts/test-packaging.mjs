@@ -50,7 +50,7 @@ const { values: options } = parseArgs({ options: { readme: { type: 'string' } } 
 const SIZE_BUDGET = {
   '@qmpkit/schema': 150_000,
   '@qmpkit/client': 180_000,
-  '@qmpkit/errors': 12_000,
+  '@qmpkit/errors': 15_000,
   '@qmpkit/image-tools': 150_000,
   '@qmpkit/machine': 110_000,
   '@qmpkit/nbd': 165_000,
@@ -254,6 +254,21 @@ function runtimeSource(packages, style) {
     const index = packages.findIndex((p) => p.name === '@qmpkit/nbd');
     lines.push(`if (typeof pkg${index}.NbdClient?.connect !== 'function') throw new Error('NbdClient.connect missing');`);
   }
+  const client = packages.findIndex((p) => p.name === '@qmpkit/client');
+  const errors = packages.findIndex((p) => p.name === '@qmpkit/errors');
+  if (style === 'esm' && client !== -1 && errors !== -1) {
+    // Two copies in one process: the CommonJS build of the client (and of @qmpkit/errors under
+    // it) beside the ESM ones. Errors of one copy must be recognised by the other.
+    lines.push(
+      `import { createRequire } from 'node:module';`,
+      `const cjsClient = createRequire(import.meta.url)('@qmpkit/client');`,
+      `const foreign = new cjsClient.QmpTimeoutError('execute query-status', 5);`,
+      `if (foreign instanceof pkg${client}.QmpError) throw new Error('expected two copies of @qmpkit/client');`,
+      `if (!pkg${client}.QmpTimeoutError.isInstance(foreign)) throw new Error('QmpTimeoutError.isInstance fails across copies');`,
+      `if (!pkg${errors}.isQmpkitError(foreign, 'timeout')) throw new Error('isQmpkitError(error, "timeout") fails across copies');`,
+      `loaded['two copies agree on errors'] = 1;`,
+    );
+  }
   lines.push('console.log(JSON.stringify(loaded));');
   return `${lines.join('\n')}\n`;
 }
@@ -318,6 +333,9 @@ async function checkProject(style, dir, packages) {
     const ok = runtime.ok && pkg.name in loaded;
     record(pkg.name, `${style === 'esm' ? 'import' : 'require'} at run time (${loaded[pkg.name] ?? 0} exports)`, ok, runtime.output);
   }
+  if (style === 'esm' && packages.some((p) => p.name === '@qmpkit/errors') && packages.some((p) => p.name === '@qmpkit/client')) {
+    record('@qmpkit/errors', 'an error of the CommonJS copy of @qmpkit/client is recognised by the ESM copies (isInstance, isQmpkitError)', runtime.ok && 'two copies agree on errors' in loaded, runtime.output);
+  }
   const typecheck = run(process.execPath, [tsc, '-p', 'tsconfig.json'], dir);
   record('all', `tsc --noEmit with NodeNext (${label})`, typecheck.ok, typecheck.output);
   if (style === 'esm') for (const pkg of packages) checkBinImportsLibrary(dir, pkg);
@@ -359,13 +377,14 @@ async function installedPackages(dir) {
 
 /**
  * Install weight: what `npm install @qmpkit/client` brings, alone in a project. The client
- * needs nothing but @qmpkit/schema at run time; typed-emitter used to pull rxjs (12 MB of a
- * 15 MB install) for a type.
+ * needs nothing but @qmpkit/schema and the few-kB @qmpkit/errors (the root of every qmpkit
+ * error) at run time; typed-emitter used to pull rxjs (12 MB of a 15 MB install) for a type.
  */
 async function checkClientInstallWeight(base, tarballs) {
   const client = tarballs.get('@qmpkit/client');
   const schema = tarballs.get('@qmpkit/schema');
-  if (client === undefined || schema === undefined) return;
+  const errors = tarballs.get('@qmpkit/errors');
+  if (client === undefined || schema === undefined || errors === undefined) return;
   const dir = join(base, 'client-only-project');
   await mkdir(dir);
   const manifest = {
@@ -373,7 +392,7 @@ async function checkClientInstallWeight(base, tarballs) {
     version: '0.0.0',
     private: true,
     dependencies: { '@qmpkit/client': `file:${client}` },
-    overrides: { '@qmpkit/schema': `file:${schema}` },
+    overrides: { '@qmpkit/schema': `file:${schema}`, '@qmpkit/errors': `file:${errors}` },
   };
   await writeFile(join(dir, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   const install = run('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error'], dir);
@@ -381,10 +400,10 @@ async function checkClientInstallWeight(base, tarballs) {
   if (!install.ok) return;
   const installed = await installedPackages(dir);
   record('@qmpkit/client', 'installing it does not pull rxjs', !installed.includes('rxjs'), `installed: ${installed.join(', ')}`);
-  const expected = ['@qmpkit/client', '@qmpkit/schema'];
+  const expected = ['@qmpkit/client', '@qmpkit/errors', '@qmpkit/schema'];
   record(
     '@qmpkit/client',
-    `installing it brings only ${expected.join(' and ')}`,
+    `installing it brings only ${expected.join(', ')}`,
     JSON.stringify(installed) === JSON.stringify(expected),
     `installed: ${installed.join(', ')}`,
   );
