@@ -48,7 +48,7 @@ const { values: options } = parseArgs({ options: { readme: { type: 'string' } } 
 // set (2026-12, source maps included); a package without an entry gets DEFAULT_SIZE_BUDGET.
 // Raise one deliberately, in the commit that makes the package bigger.
 const SIZE_BUDGET = {
-  '@qmpkit/schema': 150_000,
+  '@qmpkit/schema': 340_000,
   '@qmpkit/client': 180_000,
   '@qmpkit/errors': 15_000,
   '@qmpkit/image-tools': 150_000,
