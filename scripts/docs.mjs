@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm run docs`: the API reference of every published package (packages/* and apps/* without
 // "private": true), one TypeDoc site each, into docs/api/<folder>/ (git-ignored). Each site is
-// the package's public entry point (src/index.ts) with its README as the front page. Any
+// the package's public entry points (src/index.ts and the sources of its other "exports"
+// subpaths) with its README as the front page. Any
 // TypeDoc warning fails the run: an exported type that points at something unexported, a
 // broken {@link}, a README link TypeDoc cannot follow.
 //
@@ -28,7 +29,7 @@ function publishedPackages() {
       if (!existsSync(manifestPath)) continue;
       const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
       if (manifest.private === true || !existsSync(join(base, folder, 'src', 'index.ts'))) continue;
-      found.push({ name: manifest.name, folder, dir: join(base, folder) });
+      found.push({ name: manifest.name, folder, dir: join(base, folder), entryPoints: entryPoints(join(base, folder), manifest) });
     }
   }
   return found;
@@ -56,6 +57,29 @@ function readmeForTypedoc(pkg, published, copyDir) {
     return whole;
   });
   return { text: rewritten, broken };
+}
+
+/**
+ * The source of each public entry point: every subpath of package.json's "exports" whose types
+ * are dist/NAME.d.ts, found as src/NAME.ts, src/NAME/index.ts or src/generated/NAME/index.ts
+ * (e.g. @qmpkit/schema's ./versions and ./qemu-10.0); src/index.ts for ".".
+ */
+function entryPoints(dir, manifest) {
+  const names = new Set();
+  for (const [subpath, target] of Object.entries(manifest.exports ?? {})) {
+    if (subpath === './package.json') continue;
+    const types = JSON.stringify(target).match(/\.\/dist\/([^"]+)\.d\.ts/);
+    if (types) names.add(types[1]);
+  }
+  if (names.size === 0) names.add('index');
+  const files = [];
+  for (const name of [...names].sort((a, b) => (a === 'index' ? -1 : b === 'index' ? 1 : a.localeCompare(b)))) {
+    const candidates = [join(dir, 'src', `${name}.ts`), join(dir, 'src', name, 'index.ts'), join(dir, 'src', 'generated', name, 'index.ts')];
+    const found = candidates.find((c) => existsSync(c));
+    if (found === undefined) throw new Error(`${manifest.name}: no source for the entry point dist/${name}.d.ts (looked for ${candidates.join(', ')})`);
+    files.push(found);
+  }
+  return files;
 }
 
 const only = options.only?.split(',').map((s) => s.trim()).filter(Boolean);
@@ -90,7 +114,7 @@ try {
       process.execPath,
       [
         typedoc,
-        '--entryPoints', join(pkg.dir, 'src', 'index.ts'),
+        ...pkg.entryPoints.flatMap((file) => ['--entryPoints', file]),
         '--tsconfig', tsconfig,
         '--readme', readmeCopy,
         '--name', pkg.name,
