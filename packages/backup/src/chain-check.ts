@@ -5,8 +5,8 @@ import { bitmapStatusOf } from './bitmaps.js';
 import type { BitmapStatus, ResolvedNode } from './bitmaps.js';
 import { fileProblem } from './digest.js';
 import type { ChainBrokenReason } from './errors.js';
-import { lastBase, readManifest, resolveBackupFile } from './manifest.js';
-import type { Manifest, ManifestDrive, PendingRun } from './manifest.js';
+import { chainsOf, findChain, lastBase, readManifest, resolveBackupFile } from './manifest.js';
+import type { Manifest, ManifestChain, ManifestDrive, PendingPrune, PendingRun } from './manifest.js';
 import type { PendingRunState } from './pending.js';
 
 /** One recorded file of the chain as it is on disk. */
@@ -20,14 +20,33 @@ export interface ChainFileStatus {
   digest: boolean;
 }
 
+/** One chain of a directory, in short. */
+export interface ChainSummary {
+  chainId: string;
+  /** The chain backups continue (the others are history, kept until pruned). */
+  current: boolean;
+  version: 1 | 2;
+  created: string;
+  updated: string;
+  /** Backups of its first drive (every drive has one per run). */
+  backups: number;
+  nodes: string[];
+}
+
 /** A chain as its directory shows it, without QEMU. */
 export interface ChainStatus {
   manifestPath: string;
   manifest: Manifest | undefined;
+  /** The chain `files` describes: the current one unless another was asked for. */
+  chain: ManifestChain | undefined;
+  /** Every chain of the directory, the current one first. */
+  chains: ChainSummary[];
   /** Written by @qmpkit/backup 0.1: cannot be continued (see 'legacy-bitmap'). */
   legacy: boolean;
   files: ChainFileStatus[];
   pending: PendingRun | undefined;
+  /** A prune that was interrupted (the next change to the chain completes it). */
+  prune: PendingPrune | undefined;
 }
 
 export type DriveCheckReason = ChainBrokenReason | 'run-pending';
@@ -53,27 +72,51 @@ export interface DriveCheck {
   files?: ChainFileStatus[];
 }
 
-/** Check every recorded file of the chain: present, and of the recorded size. No file is read. */
-export async function inspectChainFiles(manifestPath: string, manifest: Manifest): Promise<ChainFileStatus[]> {
-  const files = manifest.drives.flatMap((d) => d.backups.map((b) => ({ d, b })));
+/**
+ * Check every recorded file of a chain (the manifest's current one by default): present, and
+ * of the recorded size (or, during an unfinished prune, the size of its replacement). No file is read.
+ */
+export async function inspectChainFiles(manifestPath: string, manifest: Manifest, chain: Pick<ManifestChain, 'drives'> = manifest): Promise<ChainFileStatus[]> {
+  const files = chain.drives.flatMap((d) => d.backups.map((b) => ({ d, b })));
   return Promise.all(
     files.map(async ({ d, b }) => {
-      const problem = await fileProblem(resolveBackupFile(manifestPath, b.file), b.fileSize);
+      const path = resolveBackupFile(manifestPath, b.file);
+      let problem = await fileProblem(path, b.fileSize);
+      const replacement = manifest.prune?.replace.find((r) => r.file === b.file);
+      if (problem === 'size' && replacement && (await fileProblem(path, replacement.fileSize)) === undefined) problem = undefined;
       return { node: d.node, file: b.file, kind: b.kind, state: problem ?? 'ok', digest: b.digest !== undefined };
     }),
   );
 }
 
-/** The chain in a directory as the files show it (no QEMU needed). */
-export async function inspectChain(manifestPath: string): Promise<ChainStatus> {
+/**
+ * A directory's chains as the files show them (no QEMU needed): every chain in short, and the
+ * files of one (`chain`: its id or first 8 hex digits; default the current one).
+ */
+export async function inspectChain(manifestPath: string, options: { chain?: string } = {}): Promise<ChainStatus> {
   const manifest = await readManifest(manifestPath);
-  if (!manifest) return { manifestPath, manifest, legacy: false, files: [], pending: undefined };
+  if (!manifest) {
+    return { manifestPath, manifest, chain: undefined, chains: [], legacy: false, files: [], pending: undefined, prune: undefined };
+  }
+  const chain = findChain(manifestPath, manifest, options.chain);
+  const chains = chainsOf(manifest).map((c, i) => ({
+    chainId: c.chainId,
+    current: i === 0,
+    version: c.version,
+    created: c.created,
+    updated: c.updated,
+    backups: c.drives[0]?.backups.length ?? 0,
+    nodes: c.drives.map((d) => d.node),
+  }));
   return {
     manifestPath,
     manifest,
-    legacy: manifest.version === 1,
-    files: await inspectChainFiles(manifestPath, manifest),
+    chain,
+    chains,
+    legacy: chain.version === 1,
+    files: await inspectChainFiles(manifestPath, manifest, chain),
     pending: manifest.pending,
+    prune: manifest.prune,
   };
 }
 

@@ -3,7 +3,8 @@
 // reverse order, so the order of undo steps is reviewable in one place, and a failure, a
 // cancel, an abort or a timeout all end in the same code path.
 import { hostname } from 'node:os';
-import { rm } from 'node:fs/promises';
+import { rm, rmdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { DriveBusyError, JobTrackingError } from './errors.js';
 import type { BackupJob, JobEndStatus, JobResult } from './job.js';
 import { appendRunLog, writeManifest } from './manifest.js';
@@ -74,6 +75,8 @@ export class ChainRun {
   readonly #ctx: RunContext;
   readonly #undo: Array<{ what: string; step: () => Promise<void> }> = [];
   readonly #nodes: string[] = [];
+  /** Directories the run created, deepest first, from `dir` up to the first one created. */
+  #directories: string[] = [];
   /** The manifest before the run (undefined: there was none). */
   #before: Manifest | undefined;
   #pendingWritten = false;
@@ -134,6 +137,19 @@ export class ChainRun {
       }
     }
     if (first !== undefined) throw first;
+  }
+
+  /**
+   * The run created `dir` and the directories above it up to `first`: on rollback each is
+   * removed if the run left it empty (a run log written there keeps it).
+   */
+  createdDirectory(first: string, dir: string): void {
+    const dirs: string[] = [];
+    for (let d = dir; ; d = dirname(d)) {
+      dirs.push(d);
+      if (d === first || dirname(d) === d) break;
+    }
+    this.#directories = dirs;
   }
 
   /** A bitmap the run added: removed on rollback. */
@@ -279,6 +295,14 @@ export class ChainRun {
       }
     }
     if (end) await this.log(end).catch(() => undefined);
+    // Last: a directory made for the run and left empty (nothing to say in it) goes too.
+    for (const d of this.#directories.splice(0)) {
+      try {
+        await rmdir(d);
+      } catch {
+        break;
+      }
+    }
     await Promise.all(this.jobs.map((j) => j.result.catch(() => undefined)));
     return failures;
   }
@@ -307,6 +331,7 @@ export class ChainRun {
   /** Forget the undo steps: the run is recorded. */
   committed(): void {
     this.#undo.length = 0;
+    this.#directories = [];
     this.#pendingWritten = false;
   }
 }

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { access, rm } from 'node:fs/promises';
-import { basename, join } from 'node:path';
-import { UnsupportedQcow2LayoutError, createQcow2Image, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
+import { basename, join, resolve } from 'node:path';
+import { UnsupportedQcow2LayoutError, createQcow2Image, mapImageData, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
 import { asBlockdevBackup, chainBackupCommand, targetNodeName, targetNodeOptions } from './backup-command.js';
 import { setBitmapRanges } from './bitmap-ranges.js';
@@ -42,6 +42,7 @@ import {
   readManifest,
   resolveBackupFile,
   appendRunLog,
+  currentChain,
   writeManifest,
 } from './manifest.js';
 import type {
@@ -59,6 +60,8 @@ import type { DriveBackup } from './qapi.js';
 import { execute } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import { Transaction } from './transaction.js';
+import { completePrune, pruneChain } from './prune.js';
+import type { PruneOptions, PruneResult } from './prune.js';
 import { restoreChain, verifyChain } from './verify.js';
 import type { RestoreOptions, VerifyOptions, VerifyReport } from './verify.js';
 
@@ -108,6 +111,11 @@ export interface ChainBackupOptions extends CallOptions {
   overwrite?: boolean;
   /** Rate limit of each job, bytes per second. */
   speed?: number;
+  /**
+   * Write compressed qcow2 clusters (the job's `compress` option): smaller backups for more
+   * CPU time. Each backup records whether it is compressed; a chain may mix both.
+   */
+  compress?: boolean;
   onProgress?: (progress: JobProgress & { node: string }) => void;
   progressInterval?: number;
   /** Called with each job as soon as it has started (e.g. to pause or watch it). */
@@ -182,6 +190,7 @@ interface DrivePlan {
   image?: string;
   /** The node the target is opened as for blockdev-backup (none: the job is a drive-backup). */
   targetNode?: string;
+  compress?: boolean;
 }
 
 function sanitize(name: string): string {
@@ -207,8 +216,17 @@ function callOptions(options: CallOptions): CallOptions {
 /** A job of a run that completed, as the manifest records it. */
 interface RecordedJob {
   drive: PendingDrive;
-  bytes: number;
+  /** The job's len. */
+  jobLength: number;
   durationMs: number;
+  /** durationMs is an upper bound (a run recorded by a later one). */
+  estimated?: boolean;
+}
+
+/** Guest bytes of data stored in the image itself (not in its backing files): what a backup job wrote. */
+async function allocatedBytes(file: string, call: CallOptions): Promise<number> {
+  const map = await mapImageData(file, { format: 'qcow2', ...call });
+  return map.extents.filter((e) => e.depth === 0).reduce((sum, e) => sum + e.length, 0);
 }
 
 /** A new chain's entry for a drive, from its part of the run. */
@@ -253,7 +271,8 @@ export class BackupChainGroup {
 
   protected constructor(options: BackupChainGroupOptions, manifestPath: string, manifest: Manifest | undefined) {
     this.#qmp = options.qmp;
-    this.dir = options.dir;
+    // QEMU opens the targets under these paths, from its own working directory.
+    this.dir = resolve(options.dir);
     this.manifestPath = manifestPath;
     this.#manifest = manifest;
     this.#qemuImg = options.qemuImg ?? defaultQemuImg;
@@ -278,7 +297,7 @@ export class BackupChainGroup {
     if (options.drives.length === 0) throw new ManifestError(options.manifest ?? options.dir, 'a chain needs at least one drive');
     const nodes = new Set(options.drives.map((d) => d.node));
     if (nodes.size !== options.drives.length) throw new ManifestError(options.manifest ?? options.dir, 'a drive is listed twice');
-    const path = options.manifest ?? join(options.dir, MANIFEST_FILE);
+    const path = resolve(options.manifest ?? join(options.dir, MANIFEST_FILE));
     const manifest = await readManifest(path);
     if (manifest && manifest.drives.some((d) => d.backups.length > 0)) {
       const recorded = manifest.drives.map((d) => d.node).sort();
@@ -362,7 +381,12 @@ export class BackupChainGroup {
    */
   async recover(options: CallOptions & { cancelOrphanJob?: boolean } = {}): Promise<'none' | 'recorded' | 'undone' | 'unknown'> {
     const call = callOptions(options);
-    const manifest = await this.#reload();
+    let manifest = await this.#reload();
+    // A prune that was interrupted is finished first (it is never undone).
+    if (manifest?.prune) {
+      manifest = await completePrune(this.manifestPath, manifest, { fileMode: this.fileMode });
+      this.#manifest = manifest;
+    }
     const run = manifest?.pending;
     if (!manifest || !run) return 'none';
     let state = await inspectPendingRun(this.#qmp, run, this.nodes, call);
@@ -405,10 +429,13 @@ export class BackupChainGroup {
   /** Record a pending run whose jobs all completed while nobody watched (QEMU's time for them is unknown). */
   async #adopt(manifest: Manifest, state: PendingRunState, call: CallOptions): Promise<void> {
     const run = state.run;
+    // Its events went unseen: its time is bounded by the run's start and now.
+    const upperBound = Math.max(0, Date.now() - Date.parse(run.started));
     const done: RecordedJob[] = (run.drives ?? []).map((drive) => ({
       drive,
-      bytes: state.jobs.find((j) => j.id === drive.jobId)?.outcome?.len ?? 0,
-      durationMs: 0,
+      jobLength: state.jobs.find((j) => j.id === drive.jobId)?.outcome?.len ?? 0,
+      durationMs: Number.isFinite(upperBound) ? upperBound : 0,
+      estimated: true,
     }));
     await removeTargetNodes(this.#qmp, run, call);
     await this.#record({ id: run.run, kind: run.kind, chainId: run.chainId ?? manifest.chainId }, manifest, done, call);
@@ -426,14 +453,23 @@ export class BackupChainGroup {
     done: RecordedJob[],
     call: CallOptions = {},
   ): Promise<{ next: Manifest; backups: ManifestBackup[] }> {
-    const digests = await Promise.all(done.map(({ drive }) => digestFile(resolveBackupFile(this.manifestPath, drive.target), call)));
+    const files = done.map(({ drive }) => resolveBackupFile(this.manifestPath, drive.target));
+    const [digests, allocated] = await Promise.all([
+      Promise.all(files.map((f) => digestFile(f, call))),
+      Promise.all(files.map((f) => allocatedBytes(f, call))),
+    ]);
     const time = new Date().toISOString();
-    const next: Manifest =
-      run.kind === 'full'
-        ? this.#newManifest(run.chainId, time, done.map(({ drive }) => manifestDrive(drive)))
-        : structuredClone(before as Manifest);
+    let next: Manifest;
+    if (run.kind === 'full') {
+      next = this.#newManifest(run.chainId, time, done.map(({ drive }) => manifestDrive(drive)));
+      // The chain this full replaces stays reachable (status, verify, restore --chain) until pruned.
+      const history = before ? [...(before.drives.some((d) => d.backups.length > 0) ? [currentChain(before)] : []), ...(before.history ?? [])] : [];
+      if (history.length > 0) next.history = history;
+    } else {
+      next = structuredClone(before as Manifest);
+    }
     delete next.pending;
-    const backups = done.map(({ drive: d, bytes, durationMs }, i) => {
+    const backups = done.map(({ drive: d, jobLength, durationMs, estimated }, i) => {
       const drive = next.drives.find((m) => m.node === d.node) as ManifestDrive;
       const digest = digests[i] as { digest: string; size: number };
       const backup: ManifestBackup = {
@@ -441,7 +477,8 @@ export class BackupChainGroup {
         file: d.target,
         parent: d.parent,
         time,
-        bytes,
+        bytes: allocated[i] as number,
+        jobLength,
         driveSize: d.driveSize,
         result: 'completed',
         jobId: d.jobId,
@@ -450,6 +487,8 @@ export class BackupChainGroup {
         fileSize: digest.size,
         digest: digest.digest,
       };
+      if (estimated === true) backup.durationEstimated = true;
+      if (d.compress === true) backup.compressed = true;
       if (d.coveredFrom !== undefined) backup.coveredFrom = d.coveredFrom;
       drive.backups.push(backup);
       drive.driveSize = d.driveSize;
@@ -645,9 +684,10 @@ export class BackupChainGroup {
       // Copy what a chain.resize() cut and grew back before anything else: the bits go into
       // the chain's bitmap, where they stay if this run is undone (the next one copies them).
       for (const p of plans) await this.#cover(p, call);
-      await this.#makeDirectory();
+      await this.#makeDirectory(run);
       // blockdev-backup where QEMU has it (backup-command.ts): each target is opened as a node.
       if (chainBackupCommand(this.#qmp) === 'blockdev-backup') plans.forEach((p, i) => (p.targetNode = targetNodeName(run.id, i)));
+      if (options.compress === true) plans.forEach((p) => (p.compress = true));
       await run.markPending(before, pendingBase, chainId, plans.map((p) => this.#pendingDrive(p, run)));
       for (const p of plans) {
         await this.#createTarget(p, options);
@@ -750,7 +790,7 @@ export class BackupChainGroup {
     // run stays pending (its jobs wait in 'concluded') and the next run records it.
     const done: RecordedJob[] = plans.map((p, i) => ({
       drive: this.#pendingDrive(p, run),
-      bytes: concluded[i]?.len ?? 0,
+      jobLength: concluded[i]?.len ?? 0,
       durationMs: concluded[i]?.durationMs ?? 0,
     }));
     const { next, backups } = await this.#record({ id: run.id, kind: run.kind, chainId }, before, done);
@@ -830,6 +870,16 @@ export class BackupChainGroup {
     }
   }
 
+  /**
+   * Remove earlier chains and fold the oldest restore points of the current one into a
+   * standalone image, then verify what remains (see `pruneChain`). Needs no QEMU.
+   */
+  async prune(options: Omit<PruneOptions, 'fileMode' | 'qemuImg'>): Promise<PruneResult> {
+    const result = await pruneChain(this.manifestPath, { qemuImg: this.#qemuImg, fileMode: this.fileMode, ...options });
+    this.#manifest = result.manifest;
+    return result;
+  }
+
   /** qemu-img check every image and compare the chain with the source (see `verifyChain`). */
   verify(options: VerifyOptions = {}): Promise<VerifyReport> {
     return verifyChain(this.manifestPath, { qemuImg: this.#qemuImg, ...options });
@@ -856,8 +906,10 @@ export class BackupChainGroup {
     this.#manifest = manifest;
   }
 
-  async #makeDirectory(): Promise<void> {
-    await makeDirectory(this.dir, this.fileMode);
+  /** The backup directory, created for the run if needed (removed again if the run leaves it empty). */
+  async #makeDirectory(run: ChainRun): Promise<void> {
+    const first = await makeDirectory(this.dir, this.fileMode);
+    if (first !== undefined) run.createdDirectory(first, this.dir);
   }
 
   #newManifest(chainId: string, time: string, drives: ManifestDrive[]): Manifest {
@@ -882,6 +934,7 @@ export class BackupChainGroup {
     if (p.cover) d.coveredFrom = p.cover.from;
     if (p.image !== undefined) d.image = p.image;
     if (p.targetNode !== undefined) d.targetNode = p.targetNode;
+    if (p.compress === true) d.compress = true;
     return d;
   }
 
@@ -1067,6 +1120,7 @@ export class BackupChainGroup {
     // incremental; a differential keeps it. On failure QEMU merges everything back.
     args['bitmap-mode'] = p.resets ? 'on-success' : 'never';
     if (options.speed !== undefined) args.speed = options.speed;
+    if (p.compress === true) args.compress = true;
     return args;
   }
 
@@ -1174,6 +1228,10 @@ export class BackupChain {
 
   verify(options: VerifyOptions = {}): Promise<VerifyReport> {
     return this.#group.verify(options);
+  }
+
+  prune(options: Omit<PruneOptions, 'fileMode' | 'qemuImg'>): Promise<PruneResult> {
+    return this.#group.prune(options);
   }
 
   restore(output: string, options: RestoreOptions = {}): Promise<string> {

@@ -25,17 +25,19 @@ export function directoryMode(fileMode: number): number {
 
 /**
  * `mkdir -p` whose newly created directories get `directoryMode(fileMode)`; directories that
- * already exist keep their mode (they are the user's).
+ * already exist keep their mode (they are the user's). Returns the first directory it created
+ * (undefined: `dir` existed).
  */
-export async function makeDirectory(dir: string, fileMode: number): Promise<void> {
+export async function makeDirectory(dir: string, fileMode: number): Promise<string | undefined> {
   const first = await mkdir(dir, { recursive: true, mode: 0o700 });
-  if (first === undefined) return;
+  if (first === undefined) return undefined;
   const mode = directoryMode(fileMode);
   // mkdir reports the first directory it created; every one below it on the way to `dir` is new too.
   for (let d = dir; ; d = dirname(d)) {
     await chmod(d, mode);
     if (d === first || dirname(d) === d) break;
   }
+  return first;
 }
 
 /** Give a file the exact mode (after it was created, under whatever umask). */

@@ -70,26 +70,30 @@ export type {
   ChainRunResult,
 } from './chain.js';
 export { inspectChain } from './chain-check.js';
-export type { ChainFileStatus, ChainStatus, DriveCheck, DriveCheckReason } from './chain-check.js';
+export type { ChainFileStatus, ChainStatus, ChainSummary, DriveCheck, DriveCheckReason } from './chain-check.js';
 export { setBitmapRanges } from './bitmap-ranges.js';
 export type { BitmapRangeTarget, ByteRange } from './bitmap-ranges.js';
 export { DIGEST_ALGORITHM, digestFile } from './digest.js';
 export type { FileDigest } from './digest.js';
 export { DEFAULT_FILE_MODE, checkFileMode } from './file-mode.js';
-export { MANIFEST_FILE, MANIFEST_VERSION, readManifest, readRunLog, runLogPath, writeManifest } from './manifest.js';
+export { MANIFEST_FILE, MANIFEST_VERSION, chainsOf, findChain, readManifest, readRunLog, runLogPath, writeManifest } from './manifest.js';
 export type {
   BackupKind,
   Manifest,
   ManifestBackup,
+  ManifestChain,
   ManifestDrive,
   ManifestMark,
   ManifestResize,
   PendingDrive,
+  PendingPrune,
   PendingRun,
   RunLogEntry,
 } from './manifest.js';
-export { restoreChain, verifyChain } from './verify.js';
+export { restoreChain, restoredName, verifyChain } from './verify.js';
 export type { ImageVerdict, RestoreOptions, VerifyOptions, VerifyReport } from './verify.js';
+export { completePrune, pruneChain } from './prune.js';
+export type { PruneOptions, PruneResult } from './prune.js';
 // The root of every qmpkit error (one check for any package's errors, and their kind).
 export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
 export type { QmpkitErrorKind } from '@qmpkit/errors';

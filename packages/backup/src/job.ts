@@ -33,6 +33,11 @@ export interface JobProgress {
   status: JobStatus;
   current: number;
   total: number;
+  /**
+   * The job's last report: from its BLOCK_JOB_COMPLETED / BLOCK_JOB_CANCELLED event, sent once
+   * when it concludes; for a job that completed, `current === total`.
+   */
+  final?: boolean;
 }
 
 export interface JobCancelOptions extends CallOptions {
@@ -41,7 +46,12 @@ export interface JobCancelOptions extends CallOptions {
 }
 
 export interface BackupJobOptions extends CallOptions {
-  /** Poll `query-jobs` every `progressInterval` ms and report here while the job runs. */
+  /**
+   * Progress while the job runs (`query-jobs` every `progressInterval` ms, default 250) and a
+   * last report from the job's end event when it concludes (`final: true`; `current === total`
+   * when it completed), so even a job that ends before the first poll reports once. Reports
+   * never go backwards and none follows the final one.
+   */
   onProgress?: (progress: JobProgress) => void;
   progressInterval?: number;
   /** Called on every BLOCK_JOB_ERROR as it arrives (with on-*-error=stop the job is paused: `job.resume()`). */
@@ -115,6 +125,8 @@ export class BackupJob {
   #statusWaiters: StatusWaiter[] = [];
   #startedAt: number;
   #startFailed = false;
+  #progressDone = false;
+  #lastProgress: JobProgress | undefined;
   // The job's own queue of its events, opened before the command that starts the job, so
   // no other reader of the connection's events (a user's wait, another job) can take them.
   #listener: LooseListener;
@@ -137,7 +149,7 @@ export class BackupJob {
     this.result = this.#track();
     // The caller may never await `result` (e.g. the start command failed): no unhandled rejection.
     this.result.catch(() => undefined);
-    if (options.onProgress) void this.#pollProgress(options.onProgress, options.progressInterval ?? 250);
+    if (options.onProgress) void this.#pollProgress(options.progressInterval ?? 250);
   }
 
   /** The last status seen in a JOB_STATUS_CHANGE ('undefined' before the first). */
@@ -179,6 +191,7 @@ export class BackupJob {
             const status = data['status'] as JobStatus;
             this.#status = status;
             this.#options.onStatus?.(status, this);
+            if (status === 'concluded') this.#finalProgress(completed ?? cancelled);
             this.#settleStatusWaiters(status);
             if (status === 'concluded' && this.args['auto-dismiss'] === false && this.#options.dismissConcluded !== false) {
               concludedError = (await this.query({ signal: combined }))?.error;
@@ -377,12 +390,40 @@ export class BackupJob {
     }
   }
 
-  async #pollProgress(onProgress: (p: JobProgress) => void, interval: number): Promise<void> {
+  async #pollProgress(interval: number): Promise<void> {
     try {
-      for await (const p of this.progress({ interval })) onProgress(p);
+      for await (const p of this.progress({ interval })) {
+        if (this.#progressDone) break;
+        this.#reportProgress(p);
+      }
     } catch {
       // Progress is advisory: a failed poll (e.g. the connection closing) must not fail the job.
     }
+  }
+
+  /**
+   * One progress report to `onProgress`: nothing after the final one, no repeat of the last,
+   * never less done than already reported (a poll answered after a later one was handled).
+   */
+  #reportProgress(p: JobProgress): void {
+    const onProgress = this.#options.onProgress;
+    if (!onProgress || this.#progressDone) return;
+    const last = this.#lastProgress;
+    if (p.final === true) this.#progressDone = true;
+    else if (last && (p.current < last.current || (p.current === last.current && p.total === last.total && p.status === last.status))) return;
+    this.#lastProgress = p;
+    try {
+      onProgress(p);
+    } catch {
+      // A throwing callback must not end the tracking (nor escape into the caller's process).
+    }
+  }
+
+  /** The job concluded: its end event says how far it got; a completed job got to the end. */
+  #finalProgress(end: Record<string, unknown> | undefined): void {
+    const offset = typeof end?.['offset'] === 'number' ? end['offset'] : this.#lastProgress?.current ?? 0;
+    const len = typeof end?.['len'] === 'number' ? end['len'] : this.#lastProgress?.total ?? offset;
+    this.#reportProgress({ id: this.id, status: 'concluded', current: offset, total: len, final: true });
   }
 
   /**

@@ -15,8 +15,16 @@ export interface ManifestBackup {
   parent: string | null;
   /** When the job ended (ISO 8601). */
   time: string;
-  /** Bytes QEMU copied: the job's `len` (for an incremental, the bitmap's dirty bytes at its start). */
+  /**
+   * What the job wrote: the guest bytes of data allocated in the target image itself (not in
+   * its backing files). Backups recorded before @qmpkit/backup 0.3 have the job's `len` here.
+   */
   bytes: number;
+  /**
+   * The job's `len`: what QEMU went through (for a full the whole drive, for an incremental
+   * the bitmap's dirty bytes at its start). Since 0.3.
+   */
+  jobLength?: number;
   /** The drive's virtual size when this backup was taken. */
   driveSize: number;
   /** Only backups that completed are recorded: a failed one is removed with its target. */
@@ -24,6 +32,18 @@ export interface ManifestBackup {
   jobId: string;
   /** QEMU's duration of the job (ms, from its event timestamps). */
   durationMs: number;
+  /**
+   * The run was recorded by a later one, which saw none of its job's events: `durationMs` is
+   * the time from the run's start until it was found concluded, an upper bound.
+   */
+  durationEstimated?: boolean;
+  /** Written with the job's `compress` option: compressed qcow2 clusters. */
+  compressed?: boolean;
+  /**
+   * Set by `prune --keep-points`: the backup was rewritten as a standalone image (no backing
+   * file, same content), folding in these older files, which were removed.
+   */
+  mergedFrom?: string[];
   /** Backups of drives taken by one transaction share a run id. */
   run: string;
   /** Size of the image file in bytes when it was recorded (version 2). */
@@ -127,6 +147,37 @@ export interface PendingDrive {
   image?: string;
   /** The node the run opened its target as (blockdev-backup): removed when the run is recorded or undone. */
   targetNode?: string;
+  /** The job writes compressed clusters. */
+  compress?: boolean;
+}
+
+/** A chain of the directory that a newer full backup replaced; kept (restorable) until pruned. */
+export interface ManifestChain {
+  chainId: string;
+  /** The manifest version the chain was written with (1: @qmpkit/backup 0.1). */
+  version: 1 | 2;
+  created: string;
+  updated: string;
+  drives: ManifestDrive[];
+}
+
+/**
+ * A prune in progress (`pruneChain`): written before any file changes, so a prune that is
+ * interrupted is completed by the next operation that changes the chain. Until then the
+ * manifest's backups are as before the prune, and each file being replaced is valid with
+ * either its recorded digest or the one here (both read as the same point).
+ */
+export interface PendingPrune {
+  id: string;
+  started: string;
+  pid: number;
+  host: string;
+  /** Standalone images written beside the chain, each renamed over the file it replaces. */
+  replace: Array<{ node: string; file: string; temp: string; digest: string; fileSize: number }>;
+  /** Files no longer needed once the manifest lists `drives`. */
+  remove: string[];
+  /** The chain's drives after the prune. */
+  drives: ManifestDrive[];
 }
 
 export interface Manifest {
@@ -138,6 +189,10 @@ export interface Manifest {
   updated: string;
   drives: ManifestDrive[];
   pending?: PendingRun;
+  /** Earlier chains of the directory, newest first (since 0.3; `prune --keep-chains` removes them). */
+  history?: ManifestChain[];
+  /** A prune that has not finished (see `PendingPrune`). */
+  prune?: PendingPrune;
 }
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -149,6 +204,43 @@ export function newChainId(): string {
 
 export function resolveBackupFile(manifestPath: string, file: string): string {
   return isAbsolute(file) ? file : join(dirname(manifestPath), file);
+}
+
+/** The chain a manifest describes (its current one), as a history entry. */
+export function currentChain(manifest: Manifest): ManifestChain {
+  return { chainId: manifest.chainId, version: manifest.version, created: manifest.created, updated: manifest.updated, drives: manifest.drives };
+}
+
+/** Every chain of the manifest, the current one first, then the earlier ones, newest first. */
+export function chainsOf(manifest: Manifest): ManifestChain[] {
+  return [currentChain(manifest), ...(manifest.history ?? [])];
+}
+
+/**
+ * The chain with id `id` (the whole id, or a prefix of at least 8 characters, as in file
+ * names); the current one when `id` is undefined.
+ */
+export function findChain(manifestPath: string, manifest: Manifest, id: string | undefined): ManifestChain {
+  const chains = chainsOf(manifest);
+  if (id === undefined) return chains[0] as ManifestChain;
+  const found = chains.filter((c) => c.chainId === id || (id.length >= 8 && c.chainId.startsWith(id)));
+  if (found.length === 1) return found[0] as ManifestChain;
+  const known = chains.map((c) => c.chainId.slice(0, 8)).join(', ');
+  throw new ManifestError(
+    manifestPath,
+    found.length === 0 ? `has no chain "${id}" (chains: ${known})` : `chain "${id}" is ambiguous (chains: ${known})`,
+  );
+}
+
+/**
+ * The digests a file of the chain may have: its recorded one, and during an unfinished prune
+ * the one of the standalone image replacing it (same content).
+ */
+export function acceptedDigests(manifest: Manifest, backup: ManifestBackup): Array<{ digest: string; fileSize?: number }> {
+  const out: Array<{ digest: string; fileSize?: number }> = [];
+  if (backup.digest !== undefined) out.push(backup.fileSize === undefined ? { digest: backup.digest } : { digest: backup.digest, fileSize: backup.fileSize });
+  for (const r of manifest.prune?.replace ?? []) if (r.file === backup.file) out.push({ digest: r.digest, fileSize: r.fileSize });
+  return out;
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {
@@ -192,6 +284,17 @@ function validate(path: string, value: unknown): Manifest {
   });
   const pending = value['pending'];
   if (pending !== undefined && (!isObject(pending) || typeof pending['run'] !== 'string')) fail('pending is malformed');
+  const history = value['history'];
+  if (history !== undefined) {
+    if (!Array.isArray(history)) fail('history is malformed');
+    (history as unknown[]).forEach((c, i) => {
+      if (!isObject(c) || typeof c['chainId'] !== 'string' || !Array.isArray(c['drives'])) fail(`history[${i}] is malformed`);
+    });
+  }
+  const prune = value['prune'];
+  if (prune !== undefined && (!isObject(prune) || !Array.isArray(prune['replace']) || !Array.isArray(prune['drives']))) {
+    fail('prune is malformed');
+  }
   return value as unknown as Manifest;
 }
 
@@ -266,7 +369,8 @@ export function backupLineage(drive: ManifestDrive, backup: ManifestBackup): Man
 /** One line of a chain's run log (`<manifest>.runs.jsonl` beside the manifest): how a run ended. */
 export interface RunLogEntry {
   run: string;
-  kind: BackupKind;
+  /** What ran: a backup, or a prune of the chain's history. */
+  kind: BackupKind | 'prune';
   /** When the run ended (ISO 8601). */
   time: string;
   outcome: 'completed' | 'failed' | 'cancelled' | 'aborted';

@@ -1,12 +1,12 @@
-import { access, mkdtemp, rename, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { ToolError, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
 import type { QemuImg } from '@qmpkit/image-tools';
 import { digestFile, fileProblem } from './digest.js';
 import { ManifestError, TargetExistsError, VerifyError } from './errors.js';
 import { DEFAULT_FILE_MODE, checkFileMode, restrictFile } from './file-mode.js';
-import { backupLineage, readManifest, resolveBackupFile } from './manifest.js';
-import type { Manifest, ManifestBackup, ManifestDrive } from './manifest.js';
+import { acceptedDigests, backupLineage, findChain, readManifest, resolveBackupFile } from './manifest.js';
+import type { Manifest, ManifestBackup, ManifestChain, ManifestDrive } from './manifest.js';
 import type { CallOptions } from './qmp.js';
 
 export interface VerifyOptions extends CallOptions {
@@ -20,6 +20,8 @@ export interface VerifyOptions extends CallOptions {
   references?: Readonly<Record<string, string>>;
   /** Only these nodes (default: every drive of the manifest). */
   nodes?: readonly string[];
+  /** Which chain of the directory (its id, or its first 8 hex digits); default the current one. */
+  chain?: string;
   /** Throw `VerifyError` on any failure (default true); false returns the report only. */
   throwOnFailure?: boolean;
   qemuImg?: QemuImg;
@@ -75,19 +77,22 @@ function toolFailure(error: unknown): string {
 
 /**
  * Check one recorded file without anything but itself: present, of the recorded size, with
- * the recorded digest (one read of the file). Returns the failure line, if any.
+ * the recorded digest (one read of the file; during an unfinished prune, also the digest of
+ * the standalone image replacing it). Returns the failure line, if any.
  */
 export async function checkBackupFile(
   manifestPath: string,
   backup: ManifestBackup,
   options: CallOptions = {},
+  manifest?: Manifest,
 ): Promise<{ digest: ImageVerdict['digest']; failure?: string }> {
   const path = resolveBackupFile(manifestPath, backup.file);
   const problem = await fileProblem(path, undefined);
   if (problem === 'missing') return { digest: 'missing', failure: `${backup.file}: missing` };
   if (backup.digest === undefined) return { digest: 'unrecorded' };
   const now = await digestFile(path, callOptions(options));
-  if (now.digest === backup.digest && (backup.fileSize === undefined || now.size === backup.fileSize)) return { digest: 'ok' };
+  const accepted = manifest ? acceptedDigests(manifest, backup) : [{ digest: backup.digest, ...(backup.fileSize === undefined ? {} : { fileSize: backup.fileSize }) }];
+  if (accepted.some((a) => now.digest === a.digest && (a.fileSize === undefined || now.size === a.fileSize))) return { digest: 'ok' };
   const size = backup.fileSize !== undefined && now.size !== backup.fileSize ? ` (${now.size} bytes, recorded ${backup.fileSize})` : '';
   return { digest: 'mismatch', failure: `${backup.file}: its content changed since it was made: digest ${now.digest}, recorded ${backup.digest}${size}` };
 }
@@ -103,15 +108,16 @@ export async function verifyChain(manifestPath: string, options: VerifyOptions =
   const img = options.qemuImg ?? defaultQemuImg;
   const call = callOptions(options);
   const manifest = await load(manifestPath);
+  const chain = findChain(manifestPath, manifest, options.chain);
   const report: VerifyReport = { ok: true, images: [], sources: [], failures: [] };
-  const drives = manifest.drives.filter((d) => !options.nodes || options.nodes.includes(d.node));
+  const drives = chain.drives.filter((d) => !options.nodes || options.nodes.includes(d.node));
   for (const drive of drives) {
     const damaged = new Set<string>();
     for (const backup of drive.backups) {
       const file = resolveBackupFile(manifestPath, backup.file);
       // The digest and qemu-img check read the same file: run them side by side.
       const [digest, check] = await Promise.all([
-        checkBackupFile(manifestPath, backup, call),
+        checkBackupFile(manifestPath, backup, call, manifest),
         img.check(file, { format: 'qcow2', ...call }).then(
           (c) => ({ status: c.status, failure: undefined as string | undefined }),
           (error: unknown) => ({ status: 'unreadable' as const, failure: toolFailure(error) }),
@@ -168,6 +174,8 @@ export async function verifyChain(manifestPath: string, options: VerifyOptions =
 export interface RestoreOptions extends CallOptions {
   /** Which drive (default: the manifest's only drive). */
   node?: string;
+  /** Which chain of the directory (its id, or its first 8 hex digits); default the current one. */
+  chain?: string;
   /** Up to which backup: its index in the drive's list, or its file name. Default: the newest. */
   upTo?: number | string;
   /** Output format (default qcow2). */
@@ -194,43 +202,48 @@ export function pickBackup(manifestPath: string, drive: ManifestDrive, upTo: num
   return backup;
 }
 
-export function pickDrive(manifestPath: string, manifest: Manifest, node: string | undefined): ManifestDrive {
+export function pickDrive(manifestPath: string, chain: Pick<ManifestChain, 'drives'>, node: string | undefined): ManifestDrive {
   if (node === undefined) {
-    if (manifest.drives.length !== 1) {
-      throw new ManifestError(manifestPath, `has ${manifest.drives.length} drives: say which node to restore`);
+    if (chain.drives.length !== 1) {
+      throw new ManifestError(manifestPath, `has ${chain.drives.length} drives (${chain.drives.map((d) => d.node).join(', ')}): say which node to restore`);
     }
-    return manifest.drives[0] as ManifestDrive;
+    return chain.drives[0] as ManifestDrive;
   }
-  const drive = manifest.drives.find((d) => d.node === node);
+  const drive = chain.drives.find((d) => d.node === node);
   if (!drive) throw new ManifestError(manifestPath, `has no drive "${node}"`);
   return drive;
 }
 
+/** The name a restore into a directory gives its image: the backup's name, `.restored.<format>`. */
+export function restoredName(backup: ManifestBackup, format: 'qcow2' | 'raw'): string {
+  return `${basename(backup.file).replace(/\.qcow2$/, '')}.restored.${format}`;
+}
+
 /**
  * Flatten the chain of one drive up to a chosen backup into a standalone image (`qemu-img
- * convert` of that backup reads through its backing files). Every file it reads is checked
- * against its recorded digest first. Written beside `output` first and renamed, so a failed
- * restore leaves no half image under the output name. Returns the output path.
+ * convert` of that backup reads through its backing files). `output` may be an existing
+ * directory: the image is then written inside it (`restoredName`). Every file it reads is
+ * checked against its recorded digest first. Written beside `output` first and renamed, so a
+ * failed restore leaves no half image under the output name. Returns the output path.
  */
 export async function restoreChain(manifestPath: string, output: string, options: RestoreOptions = {}): Promise<string> {
   const img = options.qemuImg ?? defaultQemuImg;
   const fileMode = checkFileMode(options.fileMode ?? DEFAULT_FILE_MODE);
   const manifest = await load(manifestPath);
-  const drive = pickDrive(manifestPath, manifest, options.node);
+  const drive = pickDrive(manifestPath, findChain(manifestPath, manifest, options.chain), options.node);
   const backup = pickBackup(manifestPath, drive, options.upTo);
-  let outputExists = true;
-  try {
-    await access(output);
-  } catch {
-    outputExists = false;
+  if ((await stat(output).catch(() => undefined))?.isDirectory() === true) {
+    output = join(output, restoredName(backup, options.format ?? 'qcow2'));
   }
-  if (outputExists && options.overwrite !== true) throw new TargetExistsError(output);
+  const existing = await stat(output).catch(() => undefined);
+  if (existing?.isDirectory() === true) throw new TargetExistsError(output);
+  if (existing && options.overwrite !== true) throw new TargetExistsError(output);
   if (options.checkDigests !== false) {
     const lineage = backupLineage(drive, backup);
     const last = lineage[lineage.length - 1];
     const failures: string[] = [];
     if (last && last.parent !== null) failures.push(`${last.file}: its parent ${last.parent} is not in the manifest`);
-    const checked = await Promise.all(lineage.map((b) => checkBackupFile(manifestPath, b, callOptions(options))));
+    const checked = await Promise.all(lineage.map((b) => checkBackupFile(manifestPath, b, callOptions(options), manifest)));
     for (const c of checked) if (c.failure) failures.push(c.failure);
     if (failures.length > 0) throw new VerifyError(failures);
   }

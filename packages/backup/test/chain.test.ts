@@ -56,7 +56,9 @@ describe('BackupChain against QEMU', () => {
     const dir = scratch.path('backups');
     const chain = await BackupChain.open({ qmp, dir, node: 'drive0', granularity: 65536 });
     const full = await chain.full();
-    expect(full.backups[0]).toMatchObject({ kind: 'full', parent: null, bytes: 67108864, result: 'completed' });
+    // bytes: what the job wrote (the drive pattern's four 64 KiB clusters), not the drive's size.
+    expect(full.backups[0]).toMatchObject({ kind: 'full', parent: null, bytes: 262144, jobLength: 67108864, driveSize: 67108864, result: 'completed' });
+    expect(full.backups[0]?.durationMs).toBeGreaterThan(0);
     expect(await getBitmap(qmp, 'drive0', bitmapOf(chain))).toMatchObject({ count: 0, persistent: true, granularity: 65536 });
 
     const references: Record<string, string> = {};

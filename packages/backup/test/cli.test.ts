@@ -48,7 +48,7 @@ describe('qmpkit-backup CLI against QEMU', () => {
 
     const full = await cli(['full', '--socket', socket, '--dir', dir, '--node', 'drive0', '--granularity', '65536', '--json']);
     expect(full.code).toBe(0);
-    expect(JSON.parse(full.stdout)).toMatchObject({ kind: 'full', backups: [{ kind: 'full', bytes: 67108864 }] });
+    expect(JSON.parse(full.stdout)).toMatchObject({ kind: 'full', backups: [{ kind: 'full', bytes: 262144, jobLength: 67108864, driveSize: 67108864 }] });
 
     await hmpWrites(vm, 'drive0', WRITES_A);
     const inc = await cli(['incremental', '--socket', socket, '--dir', dir, '--json']);
