@@ -166,6 +166,8 @@ export class NewFullBackupRequiredError extends BackupError {
   readonly reason: ChainBrokenReason;
   readonly node: string;
   readonly bitmap: string;
+  /** What is wrong, without the remedy (the message adds it in the library's words). */
+  readonly detail: string;
 
   constructor(
     node: string,
@@ -181,6 +183,7 @@ export class NewFullBackupRequiredError extends BackupError {
     this.reason = reason;
     this.node = node;
     this.bitmap = bitmap;
+    this.detail = detail;
   }
 }
 

@@ -72,7 +72,7 @@ describe('a drive shrunk and grown back between two backups', () => {
     expect((await chain.check())[0]).toMatchObject({ ok: true, coverFrom: 80 * M, coverTo: 96 * M });
     const inc = await chain.incremental();
     // The 16 MiB from the smallest size to the end, and the write below it.
-    expect(inc.backups[0]).toMatchObject({ bytes: 16 * M + 65536, coveredFrom: 80 * M, driveSize: 96 * M });
+    expect(inc.backups[0]).toMatchObject({ jobLength: 16 * M + 65536, coveredFrom: 80 * M, driveSize: 96 * M });
     expect(chain.drive?.resizes).toEqual([]);
     // The next incremental is an ordinary one again.
     await hmpWrites(vm, 'drive0', [[0x79, '2M', '64k']]);
@@ -141,7 +141,7 @@ describe('a drive shrunk and grown back between two backups', () => {
     expect(status.stdout).toMatch(new RegExp(`resized ${80 * M} -> ${96 * M}`));
     expect(status.stdout).toMatch(new RegExp(`the next backup also copies ${80 * M}\\.\\.${96 * M}`));
     const inc = await scratch.cli(['incremental', '--socket', socket, '--dir', dir, '--json']).done;
-    expect(JSON.parse(inc.stdout)).toMatchObject({ backups: [{ bytes: 16 * M, coveredFrom: 80 * M }] });
+    expect(JSON.parse(inc.stdout)).toMatchObject({ backups: [{ jobLength: 16 * M, coveredFrom: 80 * M }] });
     await vm.shutdown({ timeout: 10_000 });
     expect((await scratch.cli(['verify', '--dir', dir, '--source', `drive0=${drive0}`]).done).code).toBe(0);
     expect((await scratch.cli(['resize', '--socket', socket, '--dir', dir]).done).code).toBe(2);
@@ -162,7 +162,7 @@ describe('a drive shrunk and grown back between two backups', () => {
     await chain.resize(80 * M);
     await chain.resize(96 * M);
     const copy = await chain.incremental();
-    expect(copy.backups[0]).toMatchObject({ kind: 'full', parent: null, bytes: 96 * M });
+    expect(copy.backups[0]).toMatchObject({ kind: 'full', parent: null, jobLength: 96 * M });
     expect(copy.backups[0]?.file).toMatch(/\.001\.full\.qcow2$/);
     await qsd.qmp.execute('block_resize', { 'node-name': 'node0', size: 100 * M });
     expect((await chain.check())[0]).toMatchObject({ ok: false, reason: 'size-mismatch' });

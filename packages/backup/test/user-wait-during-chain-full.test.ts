@@ -33,7 +33,7 @@ describe("a user's event waits while a chain backs up", () => {
 
     expect(completed.data.device).toBe(jobs[0]?.id);
     expect(completed.data.offset).toBe(67108864);
-    expect(full.backups[0]).toMatchObject({ kind: 'full', result: 'completed', bytes: 67108864 });
+    expect(full.backups[0]).toMatchObject({ kind: 'full', result: 'completed', jobLength: 67108864 });
     const manifest = JSON.parse(await readFile(chain.manifestPath, 'utf8')) as Manifest;
     expect(manifest.pending).toBeUndefined();
     expect(manifest.drives[0]?.backups.map((b) => [b.kind, b.result, b.jobId])).toEqual([['full', 'completed', jobs[0]?.id]]);
