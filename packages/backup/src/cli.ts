@@ -268,7 +268,9 @@ function parse(argv: readonly string[]): Parsed {
     if (topic !== undefined && !(topic in COMMANDS)) throw new UsageError(`unknown command "${topic}"`);
     return { kind: 'help', text: topic ? commandHelp(topic) : generalHelp() };
   }
-  if (first.startsWith('-')) throw new UsageError(`the command comes first, got "${first}"`);
+  if (first.startsWith('-')) {
+    throw new UsageError(argv.some((a) => !a.startsWith('-')) ? `the command comes first, got "${first}"` : 'no command given');
+  }
   const command = first;
   const spec = COMMANDS[command];
   if (!spec) throw new UsageError(`unknown command "${command}" (one of: ${Object.keys(COMMANDS).join(', ')})`);

@@ -89,13 +89,13 @@ export class Scratch {
    */
   cli(
     args: readonly string[],
-    options: { umask?: number; timeout?: number } = {},
+    options: { umask?: number; timeout?: number; cwd?: string } = {},
   ): { child: ChildProcess; done: Promise<CliRun>; stderrSoFar: () => string } {
     const argv =
       options.umask === undefined
         ? [process.execPath, CLI, ...args]
         : ['/bin/sh', '-c', `umask ${options.umask.toString(8).padStart(3, '0')} && exec "$0" "$@"`, process.execPath, CLI, ...args];
-    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], ...(options.cwd ? { cwd: options.cwd } : {}) });
     this.processes.push(child);
     let stdout = '';
     let stderr = '';
