@@ -89,16 +89,24 @@ function formatEta(seconds: number | undefined): string {
   return h > 0 ? `${h}:${pad(m)}:${pad(s % 60)}` : `${pad(m)}:${pad(s % 60)}`;
 }
 
-/** A one-line bar on a terminal: percent, bytes done of total, rate, time left, the drives. */
+/**
+ * A one-line bar on a terminal: percent, bytes done of total, rate, time left, the drives. On
+ * a stream that is not a terminal (`--progress bar` into a pipe) it writes a line a second.
+ */
 export class BarView implements ProgressView {
   readonly #meter = new ProgressMeter();
   readonly #bar: cliProgress.SingleBar;
   #started = false;
 
   constructor(stream: NodeJS.WritableStream = process.stderr) {
+    const tty = (stream as { isTTY?: boolean }).isTTY === true;
     this.#bar = new cliProgress.SingleBar(
       {
         stream,
+        noTTYOutput: !tty,
+        notTTYSchedule: 1000,
+        // The CLI handles SIGINT/SIGTERM itself (cancel the job, undo the run).
+        gracefulExit: false,
         format: '[{bar}] {percentage}% | {done} / {size} | {rate} | ETA {etaText} | {nodes}',
         barsize: 30,
         hideCursor: false,
