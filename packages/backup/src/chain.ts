@@ -247,6 +247,19 @@ function manifestDrive(d: PendingDrive): ManifestDrive {
   return drive;
 }
 
+/**
+ * The sequence number of a drive's next backup file: one past the highest in its file names
+ * (a prune removes older backups from the list, never numbers from use).
+ */
+function nextSequence(drive: ManifestDrive): number {
+  let next = drive.backups.length;
+  for (const b of drive.backups) {
+    const seq = /\.(\d+)\.(?:full|inc|diff)\.qcow2$/.exec(b.file)?.[1];
+    if (seq !== undefined) next = Math.max(next, Number(seq) + 1);
+  }
+  return next;
+}
+
 function chainBitmapName(prefix: string, chainId: string): string {
   return `${prefix}-${chainId.slice(0, 8)}`;
 }
@@ -618,7 +631,7 @@ export class BackupChainGroup {
       const check = checks[i] as DriveCheck;
       const base = lastBase(drive) as ManifestBackup;
       const size = check.driveSize ?? drive.driveSize;
-      const seq = String(drive.backups.length).padStart(3, '0');
+      const seq = String(nextSequence(drive)).padStart(3, '0');
       const suffix = kind === 'incremental' ? 'inc' : 'diff';
       const resets = kind === 'incremental';
       const plan: DrivePlan = {
