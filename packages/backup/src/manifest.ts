@@ -17,12 +17,12 @@ export interface ManifestBackup {
   time: string;
   /**
    * What the job wrote: the guest bytes of data allocated in the target image itself (not in
-   * its backing files). Backups recorded before @qmpkit/backup 0.3 have the job's `len` here.
+   * its backing files). Backups recorded by earlier versions have the job's `len` here.
    */
   bytes: number;
   /**
    * The job's `len`: what QEMU went through (for a full the whole drive, for an incremental
-   * the bitmap's dirty bytes at its start). Since 0.3.
+   * the bitmap's dirty bytes at its start). Not in backups recorded by earlier versions.
    */
   jobLength?: number;
   /** The drive's virtual size when this backup was taken. */
@@ -189,7 +189,7 @@ export interface Manifest {
   updated: string;
   drives: ManifestDrive[];
   pending?: PendingRun;
-  /** Earlier chains of the directory, newest first (since 0.3; `prune --keep-chains` removes them). */
+  /** Earlier chains of the directory, newest first (`prune --keep-chains` removes them). */
   history?: ManifestChain[];
   /** A prune that has not finished (see `PendingPrune`). */
   prune?: PendingPrune;
