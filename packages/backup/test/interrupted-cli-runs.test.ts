@@ -156,6 +156,10 @@ describe('interrupted CLI runs', () => {
       ['incremental', true],
       ['incremental', false],
     ]);
+    // Its QEMU time went unseen: the duration recorded is the bound from the run's start.
+    expect(m.drives[0]?.backups[1]).toMatchObject({ durationEstimated: true, bytes: 2 * MiB, jobLength: 2 * MiB });
+    expect(m.drives[0]?.backups[1]?.durationMs).toBeGreaterThan(0);
+    expect(m.drives[0]?.backups[2]?.durationEstimated).toBeUndefined();
     expect(await jobs(vm)).toEqual([]);
     expect(await targetNodes(vm)).toEqual([]);
     await vm.shutdown({ timeout: 10_000 });
