@@ -15,7 +15,7 @@
 // Usage: node scripts/mutants.mjs [--only ID[,ID...]] [--json FILE] [--list] [-- extra CLI options]
 // Ends with `mutants: K killed, S survived of N (score P%)`; exits 1 when a mutant survives that
 // the catalogue does not expect to (marked `equivalent` or a known `gap`, each with its reason),
-// 2 when a mutant no longer applies (its code moved).
+// 2 when a mutant no longer applies (its code moved) or the suite could not run at all.
 import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { mutants } from './mutants/catalogue.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const PACKAGES = ['packages/schema', 'packages/client', 'packages/image-tools', 'packages/machine', 'packages/backup', 'apps/conformance'];
+const PACKAGES = ['packages/errors', 'packages/schema', 'packages/client', 'packages/image-tools', 'packages/machine', 'packages/backup', 'apps/conformance'];
 const EXPECTED = '13 passed, 0 failed';
 /** Per case: a mutant that hangs a job is killed by the case timeout, not by waiting forever. */
 const CASE_TIMEOUT_S = '20';
@@ -173,6 +173,15 @@ try {
       }
       const jsonFile = join(scratch, `${mutant.id}.json`);
       const run = await runSuite(scratch, jsonFile);
+      if (!existsSync(jsonFile)) {
+        // The suite did not even run (a module it needs is missing from the scratch copy, ...):
+        // that says nothing about the mutant, so it is no kill.
+        stale = true;
+        const error = `the suite did not run: exit ${run.code ?? run.signal}: ${(run.stderr || run.stdout).trim().split('\n').slice(0, 3).join(' | ')}`;
+        log(`BROKEN   ${mutant.id}: ${error}`);
+        results.push({ id: mutant.id, status: 'broken', error });
+        continue;
+      }
       const lines = run.stdout.trimEnd().split('\n');
       const last = lines[lines.length - 1];
       const killed = run.code !== 0 || last !== EXPECTED;
