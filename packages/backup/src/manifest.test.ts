@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManifestError } from './errors.js';
 import { stat } from 'node:fs/promises';
-import { appendRunLog, backupLineage, lastBase, readManifest, readRunLog, resolveBackupFile, runLogPath, writeManifest } from './manifest.js';
+import { acceptedDigests, appendRunLog, backupLineage, chainsOf, findChain, lastBase, readManifest, readRunLog, resolveBackupFile, runLogPath, writeManifest } from './manifest.js';
 import type { Manifest, ManifestBackup } from './manifest.js';
 
 function backup(kind: ManifestBackup['kind'], file: string, parent: string | null): ManifestBackup {
@@ -127,6 +127,32 @@ describe('manifest files', () => {
       ['r2', 'aborted'],
     ]);
     expect((await stat(runLogPath(path))).mode & 0o777).toBe(0o600);
+  });
+
+  it('keeps earlier chains, finds one by id or prefix, and refuses a malformed one', async () => {
+    const earlier = { ...manifest([backup('full', 'old.qcow2', null)]), chainId: 'deadbeef-0000-4000-8000-000000000000' };
+    const current: Manifest = { ...manifest([backup('full', 'new.qcow2', null)]), version: 2, history: [{ ...earlier }] };
+    const path = join(dir, 'manifest.json');
+    await writeManifest(path, current);
+    const read = (await readManifest(path)) as Manifest;
+    expect(chainsOf(read).map((c) => c.chainId)).toEqual([current.chainId, earlier.chainId]);
+    expect(findChain(path, read, undefined).chainId).toBe(current.chainId);
+    expect(findChain(path, read, 'deadbeef').drives[0]?.backups[0]?.file).toBe('old.qcow2');
+    expect(() => findChain(path, read, 'deadbee')).toThrow(/has no chain "deadbee" \(chains: c0ffee00, deadbeef\)/);
+    const broken = { ...current, history: [{ ...earlier, drives: [{ node: 'drive0', bitmap: 'b', granularity: 65536, driveSize: 1 }] }] };
+    await writeFile(path, JSON.stringify(broken));
+    await expect(readManifest(path)).rejects.toThrow(/history\[0\]\.drives\[0\]\.backups is missing/);
+  });
+
+  it('accepts the digest of a file a pending prune replaces, for that file only', () => {
+    const full = { ...backup('full', 'a.qcow2', null), digest: 'sha256:aa', fileSize: 1 };
+    const inc = { ...backup('incremental', 'b.qcow2', 'a.qcow2'), digest: 'sha256:bb', fileSize: 2 };
+    const m: Manifest = {
+      ...manifest([full, inc]),
+      prune: { id: 'p', started: '', pid: 1, host: 'h', replace: [{ node: 'drive0', file: 'b.qcow2', temp: 't', digest: 'sha256:cc', fileSize: 3 }], remove: ['a.qcow2'], drives: [] },
+    };
+    expect(acceptedDigests(m, inc)).toEqual([{ digest: 'sha256:bb', fileSize: 2 }, { digest: 'sha256:cc', fileSize: 3 }]);
+    expect(acceptedDigests(m, full)).toEqual([{ digest: 'sha256:aa', fileSize: 1 }]);
   });
 
   it('lists the files a restore reads: the backup and its parents', () => {

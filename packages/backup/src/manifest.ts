@@ -247,6 +247,34 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+/** The drives of a chain (the current one, an earlier one, or a pending prune's result). */
+function validateDrives(drives: unknown, prefix: string, fail: (what: string) => never): void {
+  if (!Array.isArray(drives) || drives.length === 0) fail(`${prefix ? `${prefix}drives` : ''} lists no drives`.trim());
+  (drives as unknown[]).forEach((d: unknown, i) => {
+    const at = `${prefix}drives[${i}]`;
+    if (!isObject(d)) return fail(`${at} is not an object`);
+    for (const key of ['node', 'bitmap'] as const) if (typeof d[key] !== 'string') fail(`${at}.${key} is missing`);
+    for (const key of ['granularity', 'driveSize'] as const) {
+      if (typeof d[key] !== 'number') fail(`${at}.${key} is missing`);
+    }
+    if (!Array.isArray(d['backups'])) return fail(`${at}.backups is missing`);
+    (d['backups'] as unknown[]).forEach((b, j) => {
+      if (!isObject(b) || typeof b['file'] !== 'string' || typeof b['kind'] !== 'string') {
+        fail(`${at}.backups[${j}] has no file or kind`);
+      }
+    });
+    const mark = d['mark'];
+    if (mark !== undefined && mark !== null) {
+      if (!isObject(mark) || typeof mark['bitmap'] !== 'string' || !Array.isArray(mark['bits'])) {
+        fail(`${at}.mark is malformed`);
+      }
+    }
+    const resizes = d['resizes'];
+    if (resizes !== undefined && !Array.isArray(resizes)) fail(`${at}.resizes is malformed`);
+    return undefined;
+  });
+}
+
 function validate(path: string, value: unknown): Manifest {
   const fail = (what: string): never => {
     throw new ManifestError(path, what);
@@ -258,42 +286,22 @@ function validate(path: string, value: unknown): Manifest {
     return fail(`has unsupported version ${String(version)} (this @qmpkit/backup reads versions 1 and 2)`);
   }
   if (typeof value['chainId'] !== 'string') return fail('has no chainId');
-  const drives = value['drives'];
-  if (!Array.isArray(drives) || drives.length === 0) return fail('lists no drives');
-  drives.forEach((d: unknown, i) => {
-    if (!isObject(d)) return fail(`drives[${i}] is not an object`);
-    for (const key of ['node', 'bitmap'] as const) if (typeof d[key] !== 'string') fail(`drives[${i}].${key} is missing`);
-    for (const key of ['granularity', 'driveSize'] as const) {
-      if (typeof d[key] !== 'number') fail(`drives[${i}].${key} is missing`);
-    }
-    if (!Array.isArray(d['backups'])) return fail(`drives[${i}].backups is missing`);
-    (d['backups'] as unknown[]).forEach((b, j) => {
-      if (!isObject(b) || typeof b['file'] !== 'string' || typeof b['kind'] !== 'string') {
-        fail(`drives[${i}].backups[${j}] has no file or kind`);
-      }
-    });
-    const mark = d['mark'];
-    if (mark !== undefined && mark !== null) {
-      if (!isObject(mark) || typeof mark['bitmap'] !== 'string' || !Array.isArray(mark['bits'])) {
-        fail(`drives[${i}].mark is malformed`);
-      }
-    }
-    const resizes = d['resizes'];
-    if (resizes !== undefined && !Array.isArray(resizes)) fail(`drives[${i}].resizes is malformed`);
-    return undefined;
-  });
+  validateDrives(value['drives'], '', fail);
   const pending = value['pending'];
   if (pending !== undefined && (!isObject(pending) || typeof pending['run'] !== 'string')) fail('pending is malformed');
   const history = value['history'];
   if (history !== undefined) {
     if (!Array.isArray(history)) fail('history is malformed');
     (history as unknown[]).forEach((c, i) => {
-      if (!isObject(c) || typeof c['chainId'] !== 'string' || !Array.isArray(c['drives'])) fail(`history[${i}] is malformed`);
+      if (!isObject(c) || typeof c['chainId'] !== 'string') return fail(`history[${i}] is malformed`);
+      validateDrives(c['drives'], `history[${i}].`, fail);
+      return undefined;
     });
   }
   const prune = value['prune'];
-  if (prune !== undefined && (!isObject(prune) || !Array.isArray(prune['replace']) || !Array.isArray(prune['drives']))) {
-    fail('prune is malformed');
+  if (prune !== undefined) {
+    if (!isObject(prune) || !Array.isArray(prune['replace']) || !Array.isArray(prune['remove'])) return fail('prune is malformed');
+    validateDrives(prune['drives'], 'prune.', fail);
   }
   return value as unknown as Manifest;
 }
