@@ -73,7 +73,7 @@ const OPTIONS = {
   'cancel-orphan-job': { type: 'boolean', help: 'cancel the job an earlier, killed run left running in QEMU, then go on' },
   overwrite: { type: 'boolean', help: 'replace existing target or output files' },
   speed: { type: 'string', value: 'BYTES', help: 'rate limit of each job, bytes per second' },
-  mode: { type: 'string', value: 'OCTAL', help: 'mode of backup images, manifest and restored images (default 0600; directories get x where readable)' },
+  'file-mode': { type: 'string', value: 'OCTAL', help: 'mode of backup images, manifest and restored images (default 0600; directories get x where readable)' },
   source: { type: 'string', multiple: true, value: 'NODE=FILE', help: 'compare the newest backup of NODE with the image FILE (repeatable)' },
   reference: { type: 'string', multiple: true, value: 'BACKUP=FILE', help: 'compare a backup file with a reference image (repeatable)' },
   output: { type: 'string', value: 'FILE|DIR', help: 'the image to write; in an existing directory, <backup>.restored.<format>' },
@@ -99,7 +99,7 @@ interface CommandSpec {
   run: (ctx: CommandContext) => Promise<number>;
 }
 
-const RUN_OPTIONS = ['socket', 'wait', 'dir', 'node', 'compress', 'overwrite', 'speed', 'mode', 'cancel-orphan-job', 'timeout', 'progress', 'json'] as const;
+const RUN_OPTIONS = ['socket', 'wait', 'dir', 'node', 'compress', 'overwrite', 'speed', 'file-mode', 'cancel-orphan-job', 'timeout', 'progress', 'json'] as const;
 
 const COMMANDS: Record<string, CommandSpec> = {
   full: {
@@ -129,7 +129,7 @@ const COMMANDS: Record<string, CommandSpec> = {
   restore: {
     summary: 'flatten a chain up to a backup into a standalone image; checks the digests of what it reads first',
     synopsis: 'restore --dir DIR --output FILE|DIR [--up-to N|FILE] [options]',
-    options: ['dir', 'output', 'up-to', 'format', 'node', 'chain', 'overwrite', 'mode', 'timeout', 'json'],
+    options: ['dir', 'output', 'up-to', 'format', 'node', 'chain', 'overwrite', 'file-mode', 'timeout', 'json'],
     run: (ctx) => restoreCommand(ctx),
   },
   resize: {
@@ -141,7 +141,7 @@ const COMMANDS: Record<string, CommandSpec> = {
   prune: {
     summary: 'delete earlier chains (--keep-chains) and fold the oldest backups of the current chain into one (--keep-points), then verify what remains; needs no QEMU',
     synopsis: 'prune --dir DIR [--keep-chains N] [--keep-points N] [options]',
-    options: ['dir', 'keep-chains', 'keep-points', 'mode', 'timeout', 'json'],
+    options: ['dir', 'keep-chains', 'keep-points', 'file-mode', 'timeout', 'json'],
     run: (ctx) => pruneCommand(ctx),
   },
 };
@@ -241,11 +241,11 @@ function integer(command: string, name: string, value: string | undefined, min: 
 
 function fileMode(command: string, value: string | undefined): number {
   if (value === undefined) return DEFAULT_FILE_MODE;
-  if (!/^0?[0-7]{3}$/.test(value)) throw new UsageError(`--mode takes an octal mode like 0640, got "${value}"`, command);
+  if (!/^0?[0-7]{3}$/.test(value)) throw new UsageError(`--file-mode takes an octal mode like 0640, got "${value}"`, command);
   try {
     return checkFileMode(Number.parseInt(value, 8));
   } catch (error) {
-    throw new UsageError(`--mode: ${(error as Error).message}`, command);
+    throw new UsageError(`--file-mode: ${(error as Error).message}`, command);
   }
 }
 
@@ -344,7 +344,7 @@ function parse(argv: readonly string[]): Parsed {
     cancelOrphanJob: flag('cancel-orphan-job'),
     overwrite: flag('overwrite'),
     speed: integer(command, 'speed', str('speed'), 1),
-    mode: fileMode(command, str('mode')),
+    mode: fileMode(command, str('file-mode')),
     sources: pairs(command, 'source', list('source'), (f) => resolve(f)),
     references: pairs(command, 'reference', list('reference'), (f) => resolve(f)),
     output: str('output') === undefined ? undefined : resolve(str('output') as string),

@@ -57,11 +57,11 @@ describe('backup privacy', () => {
 
     // Wider when asked: group-readable files in a directory the group can search.
     const shared = scratch.path('shared');
-    expect((await scratch.cli(['full', '--socket', socket, '--dir', shared, '--node', 'drive0', '--mode', '0640'], { umask: 0o077 }).done).code).toBe(0);
+    expect((await scratch.cli(['full', '--socket', socket, '--dir', shared, '--node', 'drive0', '--file-mode', '0640'], { umask: 0o077 }).done).code).toBe(0);
     expect(await modeOf(shared)).toBe(0o750);
     for (const f of await readdir(shared)) expect({ f, mode: await modeOf(join(shared, f)) }).toEqual({ f, mode: 0o640 });
     // A mode that locks the owner out is a usage error, before anything is done.
-    const refused = await scratch.cli(['full', '--socket', socket, '--dir', scratch.path('x'), '--node', 'drive0', '--mode', '0400']).done;
+    const refused = await scratch.cli(['full', '--socket', socket, '--dir', scratch.path('x'), '--node', 'drive0', '--file-mode', '0400']).done;
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/owner read and write/);
   });

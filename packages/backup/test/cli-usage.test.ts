@@ -22,7 +22,7 @@ describe('qmpkit-backup usage', () => {
     ['a missing --socket', ['incremental', '--dir', 'd'], /incremental needs --socket/, 'qmpkit-backup incremental'],
     ['a bad --format', ['restore', '--dir', 'd', '--output', 'o', '--format', 'vmdk'], /--format must be qcow2 or raw/, 'qmpkit-backup restore'],
     ['a bad --up-to', ['restore', '--dir', 'd', '--output', 'o', '--up-to', '-x'], /--up-to/, 'qmpkit-backup restore'],
-    ['a bad --mode', ['restore', '--dir', 'd', '--output', 'o', '--mode', '0400'], /--mode: .*owner read and write/, 'qmpkit-backup restore'],
+    ['a bad --file-mode', ['restore', '--dir', 'd', '--output', 'o', '--file-mode', '0400'], /--file-mode: .*owner read and write/, 'qmpkit-backup restore'],
     ['a bad --speed', ['full', '--socket', 's', '--dir', 'd', '--node', 'n', '--speed', '1.5'], /--speed must be a whole number/, 'qmpkit-backup full'],
     ['a bad --progress', ['full', '--socket', 's', '--dir', 'd', '--node', 'n', '--progress', 'fancy'], /--progress must be/, 'qmpkit-backup full'],
     ['a bad --chain', ['status', '--dir', 'd', '--chain', 'xyz'], /--chain takes a chain id/, 'qmpkit-backup status'],
