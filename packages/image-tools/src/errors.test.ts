@@ -7,9 +7,13 @@ describe('the qmpkit error family', () => {
   test('every exported error class declares its kind', () => {
     // A new class must say what kind of failure it is: add it here with its kind.
     expect(errorClassKinds(api)).toEqual({
+      ImageFileError: 'other',
+      ImageFileExistsError: 'state',
       ImageToolsAbortError: 'abort',
       ImageToolsArgumentError: 'usage',
       ImageToolsError: 'other',
+      Qcow2WriteRangeError: 'usage',
+      Qcow2WriterStateError: 'state',
       QemuImgError: 'tool',
       QemuIoError: 'tool',
       ToolError: 'tool',

@@ -203,6 +203,141 @@ export class ImageToolsAbortError extends ImageToolsError {
   }
 }
 
+/** What was being done to an image file when the file system refused. */
+export type ImageFileOperation = 'open' | 'chmod' | 'write' | 'sync' | 'close' | 'remove';
+
+/**
+ * The file system refused an operation on an image file this package writes in-process
+ * (`Qcow2ImageWriter`): `code` is the system error code (`ENOSPC`, `EACCES`, ...) and `cause`
+ * the original error. Its kind is `not-found` for `ENOENT` (a missing directory), else `other`.
+ */
+export class ImageFileError extends ImageToolsError {
+  protected static override readonly brand: string = 'ImageFileError';
+
+  readonly path: string;
+  readonly operation: ImageFileOperation;
+  /** The system error code, if the cause had one. */
+  readonly code: string | undefined;
+
+  constructor(path: string, operation: ImageFileOperation, cause: unknown, message?: string) {
+    const code = systemErrorCode(cause);
+    const detail = cause instanceof Error ? cause.message : String(cause);
+    super(message ?? `cannot ${operation} ${path}: ${detail}`, { cause });
+    this.path = path;
+    this.operation = operation;
+    this.code = code;
+  }
+
+  override get kind(): QmpkitErrorKind {
+    return this.code === 'ENOENT' ? 'not-found' : super.kind;
+  }
+
+  static override isInstance(value: unknown): value is ImageFileError {
+    return hasBrand(value, 'ImageFileError');
+  }
+}
+
+/** The image file to create exists already; it was left as it was. */
+export class ImageFileExistsError extends ImageFileError {
+  protected static override readonly brand: string = 'ImageFileExistsError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
+  constructor(path: string, cause: unknown) {
+    super(path, 'open', cause, `${path} exists already: an image is only written into a new file`);
+  }
+
+  override get kind(): QmpkitErrorKind {
+    return 'state';
+  }
+
+  static override isInstance(value: unknown): value is ImageFileExistsError {
+    return hasBrand(value, 'ImageFileExistsError');
+  }
+}
+
+/** Why a `Qcow2ImageWriter` refuses further calls. */
+export type Qcow2WriterState =
+  /** `close()` finished: the image is complete */
+  | 'closed'
+  /** `abort()` was called: the file is (being) removed */
+  | 'aborted'
+  /** an earlier write or `close()` failed (see `cause`): only `abort()` is left */
+  | 'failed';
+
+/**
+ * A `Qcow2ImageWriter` call came after the writer was closed, aborted, or failed; nothing was
+ * written. `cause` is the earlier failure for state `failed`.
+ */
+export class Qcow2WriterStateError extends ImageToolsError {
+  protected static override readonly brand: string = 'Qcow2WriterStateError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
+  readonly path: string;
+  readonly operation: string;
+  readonly state: Qcow2WriterState;
+
+  constructor(path: string, operation: string, state: Qcow2WriterState, options: ImageToolsErrorOptions = {}) {
+    const why = state === 'closed' ? 'was closed' : state === 'aborted' ? 'was aborted' : 'failed earlier';
+    super(`${operation} refused: the qcow2 writer of ${path} ${why}`, options);
+    this.path = path;
+    this.operation = operation;
+    this.state = state;
+  }
+
+  static override isInstance(value: unknown): value is Qcow2WriterStateError {
+    return hasBrand(value, 'Qcow2WriterStateError');
+  }
+}
+
+/** What is wrong with the range of a `Qcow2ImageWriter` write. */
+export type Qcow2WriteRangeProblem =
+  /** the offset is not a multiple of the cluster size */
+  | 'misaligned-offset'
+  /** the length is not a multiple of the cluster size, and the range does not end at the image's end */
+  | 'misaligned-length'
+  /** the range reaches past the image's virtual size */
+  | 'out-of-range';
+
+/**
+ * A `Qcow2ImageWriter` write or zero write was given a range it cannot map to whole clusters of
+ * the image; nothing was written and the writer stays usable. `argument` is `offset` or `length`.
+ */
+export class Qcow2WriteRangeError extends ImageToolsArgumentError {
+  protected static override readonly brand: string = 'Qcow2WriteRangeError';
+
+  readonly problem: Qcow2WriteRangeProblem;
+  readonly offset: number;
+  readonly length: number;
+  readonly clusterSize: number;
+  /** The image's virtual size. */
+  readonly size: number;
+
+  constructor(problem: Qcow2WriteRangeProblem, range: { offset: number; length: number; clusterSize: number; size: number }) {
+    const argument = problem === 'misaligned-offset' ? 'offset' : 'length';
+    const reason =
+      problem === 'misaligned-offset'
+        ? `must be a multiple of the cluster size ${range.clusterSize}`
+        : problem === 'misaligned-length'
+          ? `must be a multiple of the cluster size ${range.clusterSize}, or end the range at the image size ${range.size}`
+          : `offset ${range.offset} + length ${range.length} is past the image size ${range.size}`;
+    super(argument, problem === 'misaligned-offset' ? range.offset : range.length, reason);
+    this.problem = problem;
+    this.offset = range.offset;
+    this.length = range.length;
+    this.clusterSize = range.clusterSize;
+    this.size = range.size;
+  }
+
+  static override isInstance(value: unknown): value is Qcow2WriteRangeError {
+    return hasBrand(value, 'Qcow2WriteRangeError');
+  }
+}
+
+function systemErrorCode(error: unknown): string | undefined {
+  const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
+  return typeof code === 'string' ? code : undefined;
+}
+
 function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 77)}...` : value);
   if (typeof value === 'bigint') return `${value}n`;

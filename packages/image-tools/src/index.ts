@@ -42,20 +42,34 @@ export type { DataExtent, ImageDataMap, MapImageOptions, SetBackingFileOptions }
 export type { CompareImagesOptions, ImageComparison } from './image-compare.js';
 export { createQcow2Image } from './qcow2-create.js';
 export type { Qcow2ImageOptions } from './qcow2-create.js';
+export { Qcow2ImageWriter } from './qcow2-write.js';
+export type { Qcow2WriteSummary, Qcow2WriterOptions } from './qcow2-write.js';
 export { formatSize, parseSize, parseSizeBigInt } from './size.js';
 export type { Size } from './size.js';
 export type { CacheMode, ImageOptsRef, ImageRef, OptionMap, OptionValue } from './arguments.js';
 export type { CallOptions } from './run-process.js';
 export {
+  ImageFileError,
+  ImageFileExistsError,
   ImageToolsAbortError,
   ImageToolsArgumentError,
   ImageToolsError,
+  Qcow2WriteRangeError,
+  Qcow2WriterStateError,
   QemuImgError,
   QemuIoError,
   ToolError,
   UnsupportedQcow2LayoutError,
 } from './errors.js';
-export type { ToolErrorDetails, ToolFailureReason, ImageToolsErrorOptions, UnsupportedQcow2LayoutReason } from './errors.js';
+export type {
+  ImageFileOperation,
+  ImageToolsErrorOptions,
+  Qcow2WriteRangeProblem,
+  Qcow2WriterState,
+  ToolErrorDetails,
+  ToolFailureReason,
+  UnsupportedQcow2LayoutReason,
+} from './errors.js';
 // The root of every qmpkit error (one check for any package's errors, and their kind).
 export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';
 export type { QmpkitErrorKind } from '@qmpkit/errors';
