@@ -231,6 +231,10 @@ const tasks = {
     turbo('build', '--filter=@qmpkit/nbd...');
     process.exit(run('node', ['bench/nbd.mjs']));
   },
+  'bench:qcow2-write': () => {
+    turbo('build', '--filter=@qmpkit/image-tools...');
+    process.exit(run('node', ['bench/qcow2-write.mjs']));
+  },
   'bench:conformance': () => {
     turbo('build', '--filter=@qmpkit/conformance...');
     process.exit(run('node', ['bench/conformance.mjs']));
