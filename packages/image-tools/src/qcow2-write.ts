@@ -80,6 +80,8 @@ const EXT_FEATURE_TABLE = 0x6803f857;
 const FEATURE_ENTRY_BYTES = 48;
 /** 16-bit refcounts, qemu-img's default. */
 const REFCOUNT_ORDER = 4;
+/** A refcount of 1, big-endian, 16 bits. */
+const REFCOUNT_ONE = Buffer.from([0, 1]);
 const MIN_CLUSTER_SIZE = 512;
 const MAX_CLUSTER_SIZE = 2 * 1024 * 1024;
 const DEFAULT_CLUSTER_SIZE = 65536;
@@ -599,7 +601,7 @@ export class Qcow2ImageWriter {
       // Every cluster of the file is referenced exactly once: header, data (zeroed ones keep
       // theirs), L2, L1 and the refcount structures themselves.
       const refcounts = Buffer.alloc(blocks * cs);
-      for (let c = 0; c < total; c++) refcounts.writeUInt16BE(1, c * 2);
+      refcounts.fill(REFCOUNT_ONE, 0, total * 2);
       const refcountTable = Buffer.alloc(tableClusters * cs);
       for (let b = 0; b < blocks; b++) refcountTable.writeBigUInt64BE(BigInt((next + b) * cs), b * 8);
       const refcountTableOffset = (next + blocks) * cs;
