@@ -12,8 +12,9 @@
 //   qemu-img unsafe:   qemu-img convert -f raw -O qcow2 (its default cache mode for convert is
 //                      'unsafe': nothing is flushed, so this one leaves dirty pages behind)
 // and, to show the writer's own cost, the writer given the same 2 MiB buffer 512 times
-// (no reading). The order alternates each round; medians are printed. A ratio is qemu-img's
-// time / the writer's time (above 1: the writer is faster). The machine may be shared: the
+// (no reading), and how long the writer's close() took (mostly flushing 1 GiB). The order
+// alternates each round; medians are printed. A ratio is qemu-img's time / the writer's time
+// (above 1: the writer is faster). The machine may be shared: the
 // figures are noisy, which is why the baseline is measured in the same run.
 // The last line is: qcow2 write/qemu-img-convert ratio=X (both flush) ratio=Y (qemu-img unsafe)
 import { execFile } from 'node:child_process';
@@ -61,6 +62,9 @@ async function makeSource(file) {
   }
 }
 
+/** When the last writerFromRaw call started close() (tables, refcounts, two fsyncs). */
+let closeStarted = 0;
+
 async function writerFromRaw(source, output) {
   const started = performance.now();
   const input = await open(source, 'r');
@@ -72,6 +76,7 @@ async function writerFromRaw(source, output) {
       if (bytesRead !== CHUNK) throw new Error(`short read at ${position}`);
       await writer.write(position, buf);
     }
+    closeStarted = performance.now();
     await writer.close();
   } catch (error) {
     await writer.abort();
@@ -79,8 +84,11 @@ async function writerFromRaw(source, output) {
   } finally {
     await input.close();
   }
-  return performance.now() - started;
+  const ended = performance.now();
+  lastClose = ended - closeStarted;
+  return ended - started;
 }
+let lastClose = 0;
 
 async function writerFromMemory(output) {
   const buf = Buffer.alloc(CHUNK);
@@ -117,7 +125,7 @@ try {
   await rm(reference);
   log(`verified:  the writer's image is clean and equals the source (qemu-img check, compare); file ${sizes[0]} bytes, qemu-img's ${sizes[1]}`);
 
-  const times = { writer: [], qemu: [], qemuUnsafe: [], writerMemory: [] };
+  const times = { writer: [], writerClose: [], qemu: [], qemuUnsafe: [], writerMemory: [] };
   for (let round = 0; round < ROUNDS; round++) {
     const steps = [
       ['writer', () => writerFromRaw(source, output)],
@@ -129,6 +137,7 @@ try {
     for (const [name, step] of steps) {
       await rm(output, { force: true });
       times[name].push(await step());
+      if (name === 'writer') times.writerClose.push(lastClose);
     }
     await rm(output, { force: true });
     log(`round ${round + 1}: writer ${times.writer.at(-1).toFixed(0)} ms, qemu-img -t writeback ${times.qemu.at(-1).toFixed(0)} ms, ` +
@@ -136,7 +145,7 @@ try {
   }
   const m = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)]));
   log(`medians over ${ROUNDS} rounds (1 GiB raw -> qcow2, 64 KiB clusters, 2 MiB writes; noisy on a shared machine):`);
-  log(`  writer (read raw, write, close with fsync): ${m.writer.toFixed(0)} ms (${mbps(m.writer)} MiB/s)`);
+  log(`  writer (read raw, write, close with fsync): ${m.writer.toFixed(0)} ms (${mbps(m.writer)} MiB/s), of which close() ${m.writerClose.toFixed(0)} ms`);
   log(`  qemu-img convert -t writeback (flushes):    ${m.qemu.toFixed(0)} ms (${mbps(m.qemu)} MiB/s)`);
   log(`  qemu-img convert (default cache=unsafe):    ${m.qemuUnsafe.toFixed(0)} ms (${mbps(m.qemuUnsafe)} MiB/s)`);
   log(`  writer from memory (no reading):            ${m.writerMemory.toFixed(0)} ms (${mbps(m.writerMemory)} MiB/s)`);
