@@ -15,6 +15,8 @@ import { activeRuns } from './pending.js';
 import { eventTimeMs, execute, record } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import type { Transaction } from './transaction.js';
+import { UndoLog } from './undo-log.js';
+import type { RunSteps, UndoStepOptions } from './undo-log.js';
 
 /** How long QEMU gets to end cancelled jobs before the run counts them as lost. */
 const CANCEL_GRACE_MS = 60_000;
@@ -69,11 +71,11 @@ function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-export class ChainRun {
+export class ChainRun implements RunSteps {
   readonly id: string;
   readonly kind: BackupKind;
   readonly #ctx: RunContext;
-  readonly #undo: Array<{ what: string; step: () => Promise<void> }> = [];
+  readonly #undo = new UndoLog();
   readonly #nodes: string[] = [];
   /** Directories the run created, deepest first, from `dir` up to the first one created. */
   #directories: string[] = [];
@@ -90,9 +92,19 @@ export class ChainRun {
     this.kind = kind;
   }
 
-  /** Register how to undo a change just made. */
-  undoWith(what: string, step: () => Promise<void>): void {
-    this.#undo.push({ what, step });
+  /** Register how to undo a change just made (taken back only if the run fails). */
+  undoWith(what: string, step: () => Promise<void>, options: UndoStepOptions = {}): void {
+    this.#undo.undoWith(what, step, options);
+  }
+
+  /** Register a step taken back however the run ends (an export, a fleecing node). */
+  teardownWith(what: string, step: () => Promise<void>): void {
+    this.#undo.teardownWith(what, step);
+  }
+
+  /** Take back the teardown steps (the run succeeded so far); returns what could not be taken back. */
+  async tearDown(): Promise<string[]> {
+    return (await this.#undo.tearDown()).failures;
   }
 
   /** A file the run created: removed on rollback. */
@@ -278,14 +290,16 @@ export class ChainRun {
    * pending and the next run finishes the undo. Never throws; returns what could not be undone.
    */
   async rollback(end: RunEnd | undefined): Promise<string[]> {
-    const failures: string[] = [];
     await Promise.all(this.jobs.map((j) => (j.status === 'concluded' ? j.dismiss().catch(() => undefined) : undefined)));
-    for (const { what, step } of this.#undo.splice(0).reverse()) {
-      try {
-        await step();
-      } catch (error) {
-        failures.push(`${what}: ${errorMessage(error)}`);
-      }
+    const { failures, criticalFailed } = await this.#undo.undoAll();
+    // A bitmap that could not be made whole again (a pull run's frozen copy not merged back):
+    // the run stays pending, so the next run finishes the undo instead of trusting the bitmap.
+    if (criticalFailed) {
+      failures.push('the run stays pending in the manifest: the next run finishes undoing it');
+      if (end) await this.log(end).catch(() => undefined);
+      this.#directories = [];
+      await Promise.all(this.jobs.map((j) => j.result.catch(() => undefined)));
+      return failures;
     }
     if (this.#pendingWritten) {
       try {
@@ -330,7 +344,7 @@ export class ChainRun {
 
   /** Forget the undo steps: the run is recorded. */
   committed(): void {
-    this.#undo.length = 0;
+    this.#undo.clear();
     this.#directories = [];
     this.#pendingWritten = false;
   }

@@ -93,6 +93,8 @@ describe('the qmpkit error family', () => {
       NewFullBackupRequiredError: 'state',
       NodeNotFoundError: 'not-found',
       PendingRunError: 'state',
+      PullSinkError: 'state',
+      PullUnavailableError: 'unsupported',
       TargetExistsError: 'state',
       VerifyError: 'integrity',
     });
@@ -112,6 +114,8 @@ describe('the qmpkit error family', () => {
     expect(new api.BackupAbortedError('r', 'abort').kind).toBe('abort');
     expect(new api.BitmapRangeError('n', 'b', 'unsupported', 'no HMP').kind).toBe('unsupported');
     expect(new api.BitmapRangeError('n', 'b', 'failed', 'refused').kind).toBe('qemu');
+    expect(new api.PullUnavailableError('n', 'nbd-server-running', 'running').kind).toBe('state');
+    expect(new api.PullUnavailableError('n', 'fleecing-method', 'no driver').kind).toBe('unsupported');
     const aborted = new AbortController();
     aborted.abort();
     expect(new api.JobTrackingError('j', 'tracking aborted', { cause: aborted.signal.reason }).kind).toBe('abort');

@@ -420,3 +420,62 @@ export class BlockdevCreateError extends BackupError {
     this.qemuError = qemuError;
   }
 }
+
+/** Why a pull-mode backup cannot be set up on this QEMU (see `PullUnavailableError`). */
+export type PullUnavailableReason =
+  /** The fleecing method asked for cannot be used here (a driver the build lacks, a drive without a device). */
+  | 'fleecing-method'
+  /** QEMU's NBD server is already running (started by someone else): QEMU has only one, and QMP does not say where it listens. */
+  | 'nbd-server-running'
+  /** This QEMU has no `block-export-add` (QEMU 5.2 and later have it). */
+  | 'block-export';
+
+/**
+ * A pull-mode backup cannot be set up on this QEMU: `reason` says why, `detail` what QEMU
+ * or the drive lacks. Nothing was changed.
+ */
+export class PullUnavailableError extends BackupError {
+  protected static override readonly brand: string = 'PullUnavailableError';
+  static override readonly kind: QmpkitErrorKind = 'unsupported';
+
+  /** 'nbd-server-running' is a state that can change; the others are what this QEMU is. */
+  override get kind(): QmpkitErrorKind {
+    return this.reason === 'nbd-server-running' ? 'state' : 'unsupported';
+  }
+
+  static override isInstance(value: unknown): value is PullUnavailableError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.PullUnavailableError'));
+  }
+
+  readonly node: string;
+  readonly reason: PullUnavailableReason;
+  readonly detail: string;
+
+  constructor(node: string, reason: PullUnavailableReason, detail: string, options?: { cause?: unknown }) {
+    super(`pull-mode backup of "${node}" cannot be set up: ${detail}`, options);
+    this.node = node;
+    this.reason = reason;
+    this.detail = detail;
+  }
+}
+
+/**
+ * The sink of a pull-mode backup (`pullBackup`'s Writable) failed or closed before it took
+ * every extent: the backup was undone (the bitmap still covers the interval). `cause` is the
+ * sink's error, if it gave one.
+ */
+export class PullSinkError extends BackupError {
+  protected static override readonly brand: string = 'PullSinkError';
+  static override readonly kind: QmpkitErrorKind = 'state';
+
+  static override isInstance(value: unknown): value is PullSinkError {
+    return hasBrand(value, Symbol.for('qmpkit.backup.PullSinkError'));
+  }
+
+  readonly node: string;
+
+  constructor(node: string, detail: string, options?: { cause?: unknown }) {
+    super(`pull-mode backup of "${node}": the sink ${detail}`, options);
+    this.node = node;
+  }
+}

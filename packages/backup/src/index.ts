@@ -15,10 +15,12 @@ export {
   NewFullBackupRequiredError,
   NodeNotFoundError,
   PendingRunError,
+  PullSinkError,
+  PullUnavailableError,
   TargetExistsError,
   VerifyError,
 } from './errors.js';
-export type { ChainBrokenReason, PendingJobInfo } from './errors.js';
+export type { ChainBrokenReason, PendingJobInfo, PullUnavailableReason } from './errors.js';
 export type { BackupEventListener, BackupQmp, CallOptions, QmpEventLike, QmpTimestamp } from './qmp.js';
 export type {
   BackupCommon,
@@ -79,6 +81,7 @@ export { DEFAULT_FILE_MODE, checkFileMode } from './file-mode.js';
 export { MANIFEST_FILE, MANIFEST_VERSION, chainsOf, findChain, readManifest, readRunLog, runLogPath, writeManifest } from './manifest.js';
 export type {
   BackupKind,
+  BackupMode,
   Manifest,
   ManifestBackup,
   ManifestChain,
@@ -87,12 +90,19 @@ export type {
   ManifestResize,
   PendingDrive,
   PendingPrune,
+  PendingPull,
+  PendingPullDrive,
   PendingRun,
   RunLogEntry,
 } from './manifest.js';
 export { restoreChain, restoredName, verifyChain } from './verify.js';
 export type { ImageVerdict, RestoreOptions, VerifyOptions, VerifyReport } from './verify.js';
 export { completePrune, pruneChain } from './prune.js';
+export { DEFAULT_PULL_CLUSTER, pullBackup } from './pull.js';
+export type { PullBackupOptions, PullBackupResult } from './pull.js';
+export type { PullDataExtent, PullExtent, PullZeroExtent } from './pull-copy.js';
+export { pullCapabilities } from './fleecing.js';
+export type { FleecingChoice, FleecingMethod, PullCapabilities } from './fleecing.js';
 export type { PruneOptions, PruneResult } from './prune.js';
 // The root of every qmpkit error (one check for any package's errors, and their kind).
 export { QmpkitError, errorKind, isQmpkitError } from '@qmpkit/errors';

@@ -3,8 +3,16 @@ import { appendFile, chmod, readFile, rename, rm, writeFile } from 'node:fs/prom
 import { dirname, isAbsolute, join } from 'node:path';
 import { ManifestError } from './errors.js';
 import { DEFAULT_FILE_MODE } from './file-mode.js';
+import type { FleecingMethod } from './fleecing.js';
 
 export type BackupKind = 'full' | 'incremental' | 'differential';
+
+/**
+ * How a backup was taken. 'push': a QEMU backup job wrote the target. 'pull': QEMU exported a
+ * point-in-time view of the drive over NBD (fleecing) and this process read it and wrote the
+ * target. Both make the same files.
+ */
+export type BackupMode = 'push' | 'pull';
 
 /** One backup of one drive. */
 export interface ManifestBackup {
@@ -46,6 +54,8 @@ export interface ManifestBackup {
   mergedFrom?: string[];
   /** Backups of drives taken by one transaction share a run id. */
   run: string;
+  /** 'pull' for a pull-mode backup (then `jobId` names the run's fleecing, `durationMs` the copy); absent: push. */
+  mode?: 'pull';
   /** Size of the image file in bytes when it was recorded (version 2). */
   fileSize?: number;
   /** Digest of the whole image file, `sha256:<hex>` (version 2). */
@@ -123,6 +133,41 @@ export interface PendingRun {
   host?: string;
   /** Version 2: the chain the run belongs to (a full starts a new one). */
   chainId?: string;
+  /** A pull-mode run: this process copies the data, so the run can only end here (see `PendingPull`). */
+  mode?: 'pull';
+  pull?: PendingPull;
+}
+
+/**
+ * What a pull-mode run set up that is not per drive. Such a run is never adopted by a later
+ * one (nobody else copied its data): once its process is gone, the next run takes down what it
+ * left in QEMU and merges each frozen bitmap back into the chain's bitmap.
+ */
+export interface PendingPull {
+  /** The run's private directory (temporary fleecing images, the NBD socket). */
+  scratch: string;
+  /** A second private directory for the socket, when the first one's path is too long for one. */
+  socketDir?: string;
+  /** The run started QEMU's NBD server (and stops it again). */
+  nbdServer: boolean;
+}
+
+/** What a pull-mode run set up in QEMU for one drive, by name, so a later run can take it down. */
+export interface PendingPullDrive {
+  fleecing: FleecingMethod;
+  /** The resolved node name of the drive (the fleecing image's backing, the filter's child). */
+  nodeName: string;
+  /** The frozen copy of the chain's bitmap at the fleecing point (exported); none for a full. */
+  frozenBitmap?: string;
+  /** The temporary fleecing image (in `PendingPull.scratch`). */
+  image: string;
+  /** Node of the fleecing image. */
+  tempNode: string;
+  /** 'snapshot-access': the copy-before-write filter, the snapshot-access node, and the device whose drive was switched. */
+  cbwNode?: string;
+  accessNode?: string;
+  qdev?: string;
+  exportId: string;
 }
 
 export interface PendingDrive {
@@ -149,6 +194,8 @@ export interface PendingDrive {
   targetNode?: string;
   /** The job writes compressed clusters. */
   compress?: boolean;
+  /** A pull-mode run's fleecing of this drive. */
+  pull?: PendingPullDrive;
 }
 
 /** A chain of the directory that a newer full backup replaced; kept (restorable) until pruned. */
@@ -382,6 +429,8 @@ export interface RunLogEntry {
   /** When the run ended (ISO 8601). */
   time: string;
   outcome: 'completed' | 'failed' | 'cancelled' | 'aborted';
+  /** 'pull' for a pull-mode run; absent: push (or a prune). */
+  mode?: 'pull';
   error?: string;
   /** Backup files the run recorded. */
   files?: string[];

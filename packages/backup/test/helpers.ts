@@ -213,3 +213,49 @@ export async function waitForText(read: () => string, pattern: RegExp, timeout =
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/**
+ * A machine whose drive is attached to a device (virtio-blk-pci `vd0` on drive0), which the
+ * 'snapshot-access' fleecing method needs (it switches the device's drive to its filter).
+ * `-machine none` has no bus for a disk, so this is a PC that never runs (`-S`): the block
+ * layer, QMP and HMP work as with `none`, no guest code runs and no accelerator is needed.
+ */
+export async function launchWithDevice(scratch: Scratch, drive: string): Promise<QemuMachine> {
+  const vm = new QemuMachine({
+    machine: 'pc',
+    drives: [{ file: drive, format: 'qcow2', id: 'drive0', nodeName: 'node0' }],
+    args: ['-S', '-m', '32', '-device', 'virtio-blk-pci,drive=drive0,id=vd0'],
+  });
+  scratch.machines.push(vm);
+  await vm.launch({ timeout: 20_000 });
+  return vm;
+}
+
+/**
+ * What a pull-mode run may leave in QEMU: exports, nodes and jobs named qmpkit-*, frozen
+ * bitmaps (`-pull-` / `-frozen`), and whether the NBD server still runs (a second start fails).
+ */
+export async function pullLeftovers(vm: QemuMachine, node = 'drive0'): Promise<{ exports: string[]; nodes: string[]; jobs: string[]; bitmaps: string[]; nbdServer: boolean }> {
+  const exports = ((await vm.qmp.execute('query-block-exports')) as Array<{ id: string }>).map((e) => e.id);
+  const nodes = ((await vm.qmp.execute('query-named-block-nodes', { flat: true })) as Array<{ 'node-name'?: string }>)
+    .map((n) => n['node-name'] ?? '')
+    .filter((n) => n.startsWith('qmpkit-'));
+  const jobs = ((await vm.qmp.execute('query-jobs')) as JobInfo[]).map((j) => j.id);
+  const blocks = (await vm.qmp.execute('query-block')) as Array<{ device: string; inserted?: { 'dirty-bitmaps'?: Array<{ name?: string }> } }>;
+  const bitmaps = (blocks.find((b) => b.device === node)?.inserted?.['dirty-bitmaps'] ?? [])
+    .map((b) => b.name ?? '')
+    .filter((n) => /-pull-|-frozen$/.test(n));
+  let nbdServer = false;
+  const probe = join(tmpdir(), `qmpkit-probe-${process.pid}-${Date.now()}.sock`);
+  try {
+    await vm.qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: probe } } });
+    await vm.qmp.execute('nbd-server-stop');
+  } catch {
+    nbdServer = true;
+  } finally {
+    await rm(probe, { force: true });
+  }
+  return { exports, nodes, jobs, bitmaps, nbdServer };
+}
+
+export const NO_PULL_LEFTOVERS = { exports: [], nodes: [], jobs: [], bitmaps: [], nbdServer: false };
