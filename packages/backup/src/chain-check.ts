@@ -175,6 +175,15 @@ export function checkDrive(facts: DriveFacts): DriveCheck {
   if (damaged.length > 0) extra.files = damaged;
 
   const pending = facts.pending;
+  if (pending && pending.run.mode === 'pull') {
+    return fail(
+      'run-pending',
+      pending.ownerAlive
+        ? `the pull-mode ${pending.run.kind} backup run ${pending.run.run} is in progress (process ${String(pending.run.pid)} is copying it)`
+        : `the pull-mode ${pending.run.kind} backup run ${pending.run.run} was left by process ${String(pending.run.pid)}, which is gone; the next backup takes down what it left in QEMU and merges its frozen bitmap back`,
+      extra,
+    );
+  }
   if (pending && pending.state !== 'gone') {
     const jobs = pending.jobs.map((j) => `${j.id} (${j.status})`).join(', ');
     return fail(

@@ -10,7 +10,7 @@ import type { BackupJob, JobEndStatus, JobResult } from './job.js';
 import { appendRunLog, writeManifest } from './manifest.js';
 import { addNode, removeNode } from './nodes.js';
 import type { BlockdevOptions } from './qapi.js';
-import type { BackupKind, Manifest, PendingDrive, PendingRun, RunLogEntry } from './manifest.js';
+import type { BackupKind, BackupMode, Manifest, PendingDrive, PendingPull, PendingRun, RunLogEntry } from './manifest.js';
 import { activeRuns } from './pending.js';
 import { eventTimeMs, execute, record } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
@@ -74,6 +74,7 @@ function errorMessage(error: unknown): string {
 export class ChainRun implements RunSteps {
   readonly id: string;
   readonly kind: BackupKind;
+  readonly mode: BackupMode;
   readonly #ctx: RunContext;
   readonly #undo = new UndoLog();
   readonly #nodes: string[] = [];
@@ -86,10 +87,11 @@ export class ChainRun implements RunSteps {
   /** Set when the run's AbortSignal fired or its timeout passed. */
   stopped: RunStop | undefined;
 
-  constructor(ctx: RunContext, id: string, kind: BackupKind) {
+  constructor(ctx: RunContext, id: string, kind: BackupKind, mode: BackupMode = 'push') {
     this.#ctx = ctx;
     this.id = id;
     this.kind = kind;
+    this.mode = mode;
   }
 
   /** Register how to undo a change just made (taken back only if the run fails). */
@@ -177,7 +179,7 @@ export class ChainRun implements RunSteps {
    * QEMU may have reset. `base` is the manifest to write the mark into (the current one, or
    * a new chain's while it has no backup yet); `chainId` the chain the run belongs to.
    */
-  async markPending(before: Manifest | undefined, base: Manifest, chainId: string, drives: PendingDrive[]): Promise<void> {
+  async markPending(before: Manifest | undefined, base: Manifest, chainId: string, drives: PendingDrive[], pull?: PendingPull): Promise<void> {
     activeRuns.add(this.id);
     this.#before = before;
     this.#pendingBase = base;
@@ -191,6 +193,10 @@ export class ChainRun implements RunSteps {
       host: hostname(),
       chainId,
     };
+    if (pull) {
+      this.#pending.mode = 'pull';
+      this.#pending.pull = pull;
+    }
     await this.#writePending();
   }
 
@@ -332,6 +338,7 @@ export class ChainRun implements RunSteps {
   /** Append how the run ended to the chain's run log. */
   async log(end: RunEnd & { files?: string[] }): Promise<void> {
     const entry: RunLogEntry = { run: this.id, kind: this.kind, time: new Date().toISOString(), outcome: end.outcome };
+    if (this.mode === 'pull') entry.mode = 'pull';
     if (end.error !== undefined) entry.error = end.error;
     if (end.files) entry.files = end.files;
     await appendRunLog(this.#ctx.manifestPath, entry, { mode: this.#ctx.fileMode });

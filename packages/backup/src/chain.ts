@@ -1,8 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import { access, rm } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { UnsupportedQcow2LayoutError, createQcow2Image, mapImageData, qemuImg as defaultQemuImg } from '@qmpkit/image-tools';
-import type { QemuImg } from '@qmpkit/image-tools';
+import {
+  ImageFileExistsError,
+  Qcow2ImageWriter,
+  UnsupportedQcow2LayoutError,
+  createQcow2Image,
+  mapImageData,
+  qemuImg as defaultQemuImg,
+} from '@qmpkit/image-tools';
+import { BASE_ALLOCATION, NbdClient, qemuDirtyBitmapContext } from '@qmpkit/nbd';
+import type { QemuImg, Qcow2WriterOptions } from '@qmpkit/image-tools';
 import { asBlockdevBackup, chainBackupCommand, targetNodeName, targetNodeOptions } from './backup-command.js';
 import { setBitmapRanges } from './bitmap-ranges.js';
 import { checkGranularity, resolveNode } from './bitmaps.js';
@@ -20,6 +28,19 @@ import type { ChainStatus, DriveCheck } from './chain-check.js';
 import { ChainRun } from './chain-run.js';
 import type { ConcludedJob } from './chain-run.js';
 import { digestFile } from './digest.js';
+import {
+  chooseFleecing,
+  fleecingNames,
+  makeScratch,
+  pendingPullDrive,
+  pullCapabilities,
+  qomPathOf,
+  removeLeftovers,
+  setUpFleecing,
+} from './fleecing.js';
+import type { FleecingChoice, FleecingDrive } from './fleecing.js';
+import { CopyProgress, copySegments, planCopy } from './pull-copy.js';
+import { DEFAULT_PULL_CLUSTER } from './pull.js';
 import {
   BackupAbortedError,
   BackupJobError,
@@ -47,16 +68,19 @@ import {
 } from './manifest.js';
 import type {
   BackupKind,
+  BackupMode,
   Manifest,
   ManifestBackup,
   ManifestDrive,
   ManifestMark,
   PendingDrive,
+  PendingPullDrive,
+  PendingRun,
   RunLogEntry,
 } from './manifest.js';
-import { cancelPendingJobs, dismissJobs, inspectPendingRun, removeTargetNodes } from './pending.js';
+import { cancelPendingJobs, dismissJobs, inspectPendingRun, processAlive, removeTargetNodes } from './pending.js';
 import type { PendingRunState } from './pending.js';
-import type { DriveBackup } from './qapi.js';
+import type { BlockInfo, DriveBackup } from './qapi.js';
 import { execute } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
 import { Transaction } from './transaction.js';
@@ -125,6 +149,16 @@ export interface ChainBackupOptions extends CallOptions {
    * merges its bitmap back) and continue. Without this, `PendingRunError`.
    */
   cancelOrphanJob?: boolean;
+  /**
+   * 'push' (default): a QEMU backup job writes each target. 'pull': QEMU exports a
+   * point-in-time view of each drive over NBD (fleecing) with the chain's bitmap frozen at
+   * the same point, and this process reads the dirty extents (everything allocated for a
+   * full) and writes the same target files. Recorded per backup (`mode: 'pull'`). `speed`,
+   * `compress` and `onJob` are push-only.
+   */
+  mode?: BackupMode;
+  /** Pull mode: how the point-in-time view is made (default 'auto'; see `FleecingMethod`). */
+  fleecing?: FleecingChoice;
 }
 
 export interface ChainIncrementalOptions extends ChainBackupOptions {
@@ -143,6 +177,13 @@ export interface ChainRunResult {
   results: JobResult[];
   /** Wall-clock time of the whole operation (ms). */
   elapsedMs: number;
+  /** Pull mode: how each drive's view was made, in drive order. */
+  fleecing?: Array<{ node: string; method: FleecingChoice }>;
+  /**
+   * Pull mode: steps of the teardown that failed after every target was complete (the run was
+   * recorded); what they name may be left in QEMU. Empty or absent normally.
+   */
+  leftovers?: string[];
 }
 
 export interface ChainResizeOptions extends CallOptions {
@@ -191,6 +232,9 @@ interface DrivePlan {
   /** The node the target is opened as for blockdev-backup (none: the job is a drive-backup). */
   targetNode?: string;
   compress?: boolean;
+  /** Pull mode: the drive's fleecing (named in the pending record). */
+  fleece?: FleecingDrive;
+  pull?: PendingPullDrive;
 }
 
 function sanitize(name: string): string {
@@ -258,6 +302,25 @@ function nextSequence(drive: ManifestDrive): number {
     if (seq !== undefined) next = Math.max(next, Number(seq) + 1);
   }
   return next;
+}
+
+/** Options that only one mode understands are refused with the other, before anything happens. */
+function checkModeOptions(options: ChainBackupOptions): void {
+  const mode = options.mode ?? 'push';
+  if (mode !== 'push' && mode !== 'pull') throw new RangeError(`mode must be 'push' or 'pull', got ${String(mode)}`);
+  const fleecing = options.fleecing;
+  if (fleecing !== undefined && fleecing !== 'auto' && fleecing !== 'snapshot-access' && fleecing !== 'backup-sync-none') {
+    throw new RangeError(`fleecing must be 'auto', 'snapshot-access' or 'backup-sync-none', got ${String(fleecing)}`);
+  }
+  if (mode === 'push') {
+    if (fleecing !== undefined) throw new RangeError("fleecing applies to mode 'pull' only");
+    return;
+  }
+  for (const option of ['compress', 'speed', 'onJob'] as const) {
+    if (options[option] !== undefined && options[option] !== false) {
+      throw new RangeError(`${option} applies to mode 'push' only (a pull-mode backup has no backup job)`);
+    }
+  }
 }
 
 function chainBitmapName(prefix: string, chainId: string): string {
@@ -402,6 +465,7 @@ export class BackupChainGroup {
     }
     const run = manifest?.pending;
     if (!manifest || !run) return 'none';
+    if (run.mode === 'pull') return this.#recoverPull(manifest, run, call);
     let state = await inspectPendingRun(this.#qmp, run, this.nodes, call);
     if (state.state === 'running') {
       if (!options.cancelOrphanJob || state.ownerAlive) {
@@ -503,6 +567,7 @@ export class BackupChainGroup {
       if (estimated === true) backup.durationEstimated = true;
       if (d.compress === true) backup.compressed = true;
       if (d.coveredFrom !== undefined) backup.coveredFrom = d.coveredFrom;
+      if (d.pull !== undefined) backup.mode = 'pull';
       drive.backups.push(backup);
       drive.driveSize = d.driveSize;
       drive.granularity = d.granularity;
@@ -512,7 +577,9 @@ export class BackupChainGroup {
     });
     next.updated = time;
     await this.#write(next);
-    await this.#log({ run: run.id, kind: run.kind, time, outcome: 'completed', files: backups.map((b) => b.file) });
+    const logged: RunLogEntry = { run: run.id, kind: run.kind, time, outcome: 'completed', files: backups.map((b) => b.file) };
+    if (done.some(({ drive }) => drive.pull !== undefined)) logged.mode = 'pull';
+    await this.#log(logged);
     for (const { drive } of done) {
       if (drive.oldMark) await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: drive.node, name: drive.oldMark }).catch(() => undefined);
     }
@@ -525,6 +592,63 @@ export class BackupChainGroup {
     const run = state.run;
     await dismissJobs(this.#qmp, state.jobs.filter((j) => j.status === 'concluded').map((j) => j.id));
     await removeTargetNodes(this.#qmp, run);
+    await this.#forgetPending(manifest, run, error);
+  }
+
+  /**
+   * A pending pull-mode run. Its process copies the data, so no one else can finish it: while
+   * that process is alive, `PendingRunError`; once it is gone, take down what it left in QEMU
+   * (exports, the NBD server, filter and fleecing nodes, fleecing jobs) and on disk, merge each
+   * frozen bitmap back into the chain's bitmap, then undo the rest as `ChainRun.rollback()`
+   * would have. A frozen bitmap that cannot be merged back leaves the run pending ('unknown'):
+   * the chain's bitmap may miss writes, and the chain is refused until a new full.
+   */
+  async #recoverPull(manifest: Manifest, run: PendingRun, call: CallOptions): Promise<'undone' | 'unknown'> {
+    const drives = run.drives ?? [];
+    if (processAlive(run.pid, run.host, run.run)) {
+      throw new PendingRunError(run.run, drives.map((d) => ({ id: d.jobId, node: d.node, status: 'pull-mode copy' })), {
+        pid: run.pid,
+        host: run.host,
+        alive: true,
+      });
+    }
+    const pulled = drives.filter((d) => d.pull !== undefined).map((d) => ({ node: d.node, jobId: d.jobId, pull: d.pull as PendingPullDrive }));
+    const failures = run.pull ? await removeLeftovers(this.#qmp, { pull: run.pull, drives: pulled }, call) : [];
+    let whole = true;
+    for (const d of pulled) {
+      const frozen = d.pull.frozenBitmap;
+      if (frozen === undefined) continue;
+      const chainBitmap = manifest.drives.find((m) => m.node === d.node)?.bitmap;
+      const info = await resolveNode(this.#qmp, d.pull.nodeName, call).catch(() => undefined);
+      const found = info?.info['dirty-bitmaps']?.find((b) => b.name === frozen);
+      // Not there: the point was never taken (the chain's bitmap was not cleared), or QEMU
+      // restarted and lost both (then the check finds the chain's bitmap missing too).
+      if (!found) continue;
+      const node = d.pull.nodeName;
+      try {
+        // An inconsistent copy (QEMU stopped without storing it) cannot be merged; the chain's
+        // bitmap is then inconsistent too, which the check reports.
+        const actions: object[] = [];
+        if (found.inconsistent !== true && chainBitmap !== undefined) {
+          actions.push({ type: 'block-dirty-bitmap-merge', data: { node, target: chainBitmap, bitmaps: [frozen] } });
+        }
+        actions.push({ type: 'block-dirty-bitmap-remove', data: { node, name: frozen } });
+        await execute(this.#qmp, 'transaction', { actions }, call);
+      } catch (error) {
+        whole = false;
+        failures.push(`merge bitmap ${frozen} back into ${chainBitmap ?? '?'}: ${(error as Error).message}`);
+      }
+    }
+    if (!whole) {
+      await this.#log({ run: run.run, kind: run.kind, mode: 'pull', time: new Date().toISOString(), outcome: 'failed', error: failures.join('; ') });
+      return 'unknown';
+    }
+    await this.#forgetPending(manifest, run, `its process ${String(run.pid)} is gone${failures.length > 0 ? ` (${failures.join('; ')})` : ''}`);
+    return 'undone';
+  }
+
+  /** The end of undoing a pending run: its new bitmaps and targets removed, the manifest without it, the run logged. */
+  async #forgetPending(manifest: Manifest, run: PendingRun, error: string): Promise<void> {
     for (const d of run.drives ?? []) {
       for (const name of [...d.bitmaps].reverse()) {
         await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: d.node, name }).catch(() => undefined);
@@ -539,7 +663,9 @@ export class BackupChainGroup {
     } else {
       await this.#write(restored);
     }
-    await this.#log({ run: run.run, kind: run.kind, time: new Date().toISOString(), outcome: 'failed', error });
+    const entry: RunLogEntry = { run: run.run, kind: run.kind, time: new Date().toISOString(), outcome: 'failed', error };
+    if (run.mode === 'pull') entry.mode = 'pull';
+    await this.#log(entry);
   }
 
   async #log(entry: RunLogEntry): Promise<void> {
@@ -548,6 +674,7 @@ export class BackupChainGroup {
 
   /** Start a new chain: a full backup of every drive and a new bitmap of the chain's own, in one transaction. */
   async full(options: ChainBackupOptions = {}): Promise<ChainRunResult> {
+    checkModeOptions(options);
     const started = performance.now();
     const call = callOptions(options);
     await this.recover(options);
@@ -559,7 +686,7 @@ export class BackupChainGroup {
     while (this.#drives.some((d) => taken.has(chainBitmapName(d.bitmap ?? DEFAULT_BITMAP_PREFIX, chainId)))) {
       chainId = newChainId();
     }
-    const run = new ChainRun(this.#context(), randomUUID(), 'full');
+    const run = new ChainRun(this.#context(), randomUUID(), 'full', options.mode ?? 'push');
     const plans: DrivePlan[] = this.#drives.map((d, i) => {
       const r = resolved[i] as ResolvedNode;
       const size = r.info.image?.['virtual-size'];
@@ -606,6 +733,7 @@ export class BackupChainGroup {
   }
 
   async #layered(kind: 'incremental' | 'differential', options: ChainIncrementalOptions): Promise<ChainRunResult> {
+    checkModeOptions(options);
     const started = performance.now();
     await this.recover(options);
     const checkOptions: CallOptions & { allowGrowth?: boolean } = callOptions(options);
@@ -624,7 +752,7 @@ export class BackupChainGroup {
         b.detail ?? 'the chain cannot be continued',
       );
     }
-    const run = new ChainRun(this.#context(), randomUUID(), kind);
+    const run = new ChainRun(this.#context(), randomUUID(), kind, options.mode ?? 'push');
     const plans: DrivePlan[] = [];
     for (const [i, d] of this.#drives.entries()) {
       const drive = manifest.drives.find((m) => m.node === d.node) as ManifestDrive;
@@ -676,6 +804,7 @@ export class BackupChainGroup {
     chainId: string,
   ): Promise<ChainRunResult> {
     try {
+      if (run.mode === 'pull') return await this.#runPull(run, plans, before, pendingBase, options, started, chainId);
       return await this.#run(run, plans, before, pendingBase, options, started, chainId);
     } finally {
       run.ended();
@@ -788,6 +917,210 @@ export class BackupChainGroup {
       );
     }
     return this.#commit(run, plans, concluded, before, started, chainId);
+  }
+
+  /**
+   * A pull-mode run, through the same `ChainRun` (pending record, undo log, run log) as a
+   * push run: mark the run pending (with the names of everything it will set up), create the
+   * targets (writers that refuse an existing file), add the chain's bitmaps, take the fleecing
+   * point of every drive (one transaction with the frozen bitmaps), export the views, copy the
+   * extents into the targets, tear the fleecing down, record. Any failure, an abort or the
+   * timeout rolls the run back: writers aborted, export and nodes removed, the frozen copy
+   * merged back into the chain's bitmap, the manifest as before.
+   */
+  async #runPull(
+    run: ChainRun,
+    plans: DrivePlan[],
+    before: Manifest | undefined,
+    pendingBase: Manifest,
+    options: ChainBackupOptions,
+    started: number,
+    chainId: string,
+  ): Promise<ChainRunResult> {
+    // Aborted by the caller's signal, the timeout, or the first drive whose copy fails.
+    const stop = new AbortController();
+    let timedOut = false;
+    const timer =
+      options.timeout === undefined
+        ? undefined
+        : setTimeout(() => {
+            timedOut = true;
+            stop.abort(new Error(`timed out after ${String(options.timeout)} ms`));
+          }, options.timeout);
+    const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+    const call: CallOptions = { signal };
+    const overwrite = options.overwrite === true;
+    const writers: Qcow2ImageWriter[] = [];
+    const copies: Array<{ len: number; durationMs: number; elapsedMs: number; total: number }> = [];
+    const progress = plans.map((p) => new CopyProgress(options.onProgress, this.#jobId(p.node, run.id), p.node, options.progressInterval));
+    let recorded = false;
+    // Until the point is taken nothing has started: a failure then is undone without a run log entry, as in push mode.
+    let pointTaken = false;
+    try {
+      for (const p of plans) await this.#cover(p, call);
+      await this.#makeDirectory(run);
+      const caps = await pullCapabilities(this.#qmp, call);
+      const blocks = await execute<BlockInfo[]>(this.#qmp, 'query-block', undefined, call);
+      const resolved = await Promise.all(plans.map((p) => resolveNode(this.#qmp, p.node, call)));
+      const chosen = plans.map((p, i) => chooseFleecing(p.node, resolved[i]?.nodeName ?? p.node, blocks, caps, options.fleecing ?? 'auto'));
+      const scratch = await makeScratch(run, this.dir, run.id);
+      plans.forEach((p, i) => {
+        const c = chosen[i] as ReturnType<typeof chooseFleecing>;
+        const names = fleecingNames(run.id, i);
+        const d: FleecingDrive = {
+          node: p.node,
+          nodeName: resolved[i]?.nodeName ?? p.node,
+          size: p.size,
+          method: c.method,
+          image: join(scratch.dir, `fleece-${i}.${c.method === 'snapshot-access' ? 'raw' : 'qcow2'}`),
+          tempNode: names.tempNode,
+          jobId: this.#jobId(p.node, run.id),
+          exportId: names.exportId,
+          exportNode: c.method === 'snapshot-access' ? names.accessNode : names.tempNode,
+          // A full starts the chain's bitmap (removed if the run fails); a later backup freezes a
+          // copy of it at the point, which is what the export reads and what it gets back on failure.
+          bitmap: { name: p.bitmap, reset: p.resets, persistent: p.persistent },
+        };
+        if (run.kind !== 'full' && d.bitmap) d.bitmap.frozen = `${p.bitmap}-${run.id.slice(0, 8)}-frozen`;
+        if (c.method === 'snapshot-access') {
+          d.qdev = c.qdev as string;
+          d.qomPath = qomPathOf(d.qdev);
+          d.cbwNode = names.cbwNode;
+          d.accessNode = names.accessNode;
+        }
+        p.fleece = d;
+        p.pull = pendingPullDrive(d);
+      });
+      const pull = { scratch: scratch.dir, nbdServer: true, ...(scratch.socketDir === undefined ? {} : { socketDir: scratch.socketDir }) };
+      await run.markPending(before, pendingBase, chainId, plans.map((p) => this.#pendingDrive(p, run)), pull);
+      // The targets first, as in push mode: an existing one is refused before QEMU is touched.
+      for (const p of plans) {
+        const writer = await this.#openTarget(p, overwrite, signal);
+        writers.push(writer);
+        run.created(p.target);
+        run.undoWith(`abort the writer of ${p.target}`, () => writer.abort());
+      }
+      for (const p of plans) await this.#prepareBitmaps(run, p, call);
+      for (const p of plans) {
+        const d = p.fleece as FleecingDrive;
+        if (d.bitmap) {
+          d.bitmap.granularity = p.granularity;
+          // The frozen copy survives a QEMU restart where the chain's bitmap does: a later run merges it back.
+          d.bitmap.persistent = p.persistent;
+        }
+      }
+      await run.updatePending(plans.map((p) => this.#pendingDrive(p, run)));
+      const drives = plans.map((p) => p.fleece as FleecingDrive);
+      await setUpFleecing(this.#qmp, run, drives, caps, scratch.socket, call, {
+        pointTaken: () => (pointTaken = true),
+        // A resize between the checks and the point shows on the marks now.
+        afterPoint: () => this.#checkMarksAfterStart(run, plans, call),
+      });
+      // Every drive at once; the first failure stops the others.
+      const settled = await Promise.allSettled(
+        plans.map(async (p, i) => {
+          try {
+            copies[i] = await this.#pullDrive(run, p, writers[i] as Qcow2ImageWriter, scratch.socket, progress[i] as CopyProgress, signal);
+          } catch (error) {
+            stop.abort(error);
+            throw error;
+          }
+        }),
+      );
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      // Every target is complete. Take the fleecing down before recording: QEMU lets go of
+      // the drive, and a teardown that fails only leaves names in QEMU (reported, not fatal).
+      const leftovers = await run.tearDown();
+      const done: RecordedJob[] = plans.map((p, i) => ({
+        drive: this.#pendingDrive(p, run),
+        jobLength: copies[i]?.len ?? 0,
+        durationMs: copies[i]?.durationMs ?? 0,
+      }));
+      const { next, backups } = await this.#record({ id: run.id, kind: run.kind, chainId }, before, done, call);
+      recorded = true;
+      run.committed();
+      // The frozen copies have done their work; the chain's bitmap holds the writes since the point.
+      for (const p of plans) {
+        const frozen = p.fleece?.bitmap?.frozen;
+        if (frozen === undefined) continue;
+        await execute(this.#qmp, 'block-dirty-bitmap-remove', { node: p.fleece?.nodeName ?? p.node, name: frozen }).catch((error: unknown) => {
+          leftovers.push(`remove bitmap ${frozen}: ${(error as Error).message}`);
+        });
+      }
+      progress.forEach((p) => p.finish(true));
+      const results: JobResult[] = plans.map((p, i) => ({
+        id: this.#jobId(p.node, run.id),
+        status: 'completed',
+        offset: copies[i]?.total ?? 0,
+        len: copies[i]?.total ?? 0,
+        errors: [],
+        qemuDurationMs: copies[i]?.durationMs ?? 0,
+        elapsedMs: copies[i]?.elapsedMs ?? 0,
+      }));
+      return {
+        kind: run.kind,
+        run: run.id,
+        chainId: next.chainId,
+        backups,
+        results,
+        elapsedMs: performance.now() - started,
+        fleecing: plans.map((p) => ({ node: p.node, method: p.fleece?.method ?? 'auto' })),
+        leftovers,
+      };
+    } catch (error) {
+      progress.forEach((p) => p.finish(false));
+      if (recorded) throw error;
+      const why = options.signal?.aborted === true ? 'abort' : timedOut ? 'timeout' : undefined;
+      const message = error instanceof Error ? error.message : String(error);
+      await run.rollback(why ? { outcome: 'aborted', error: message } : pointTaken ? { outcome: 'failed', error: message } : undefined);
+      if (why) throw new BackupAbortedError(run.id, why, { cause: why === 'abort' ? options.signal?.reason : error });
+      throw error;
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  /** Open a pull-mode target: refused when it exists, unless `overwrite` (then replaced). */
+  async #openTarget(p: DrivePlan, overwrite: boolean, signal: AbortSignal): Promise<Qcow2ImageWriter> {
+    const image: Qcow2WriterOptions = { size: p.size, fileMode: this.fileMode, signal };
+    if (p.parent !== null) {
+      // Backing files are named relative to the target (same directory), so the directory can move.
+      image.backingFile = basename(p.parent) === p.parent ? p.parent : resolveBackupFile(this.manifestPath, p.parent);
+      image.backingFormat = 'qcow2';
+    }
+    try {
+      return await Qcow2ImageWriter.create(p.target, image);
+    } catch (error) {
+      if (!ImageFileExistsError.isInstance(error)) throw error;
+      if (!overwrite) throw new TargetExistsError(p.target);
+      await rm(p.target, { force: true });
+      return Qcow2ImageWriter.create(p.target, image);
+    }
+  }
+
+  /** Copy one drive's view into its target and close it. */
+  async #pullDrive(
+    run: ChainRun,
+    p: DrivePlan,
+    writer: Qcow2ImageWriter,
+    socket: string,
+    progress: CopyProgress,
+    signal: AbortSignal,
+  ): Promise<{ len: number; durationMs: number; elapsedMs: number; total: number }> {
+    const started = performance.now();
+    const d = p.fleece as FleecingDrive;
+    // A full (or a layered run that became a full copy) reads everything allocated.
+    const context = p.sync === 'full' ? undefined : qemuDirtyBitmapContext(d.bitmap?.frozen as string);
+    const nbd = await NbdClient.connect(socket, { exportName: d.exportId, metaContexts: [BASE_ALLOCATION, ...(context ? [context] : [])], signal });
+    run.teardownWith(`disconnect from export ${d.exportId}`, () => nbd.close());
+    const plan = await planCopy(nbd, { bitmapContext: context, cluster: DEFAULT_PULL_CLUSTER, signal });
+    progress.start(plan.total);
+    const copyStarted = performance.now();
+    await copySegments(nbd, plan.segments, writer, { signal, progress, reuseBuffers: true });
+    await writer.close();
+    await nbd.disconnect();
+    return { len: plan.dirty, durationMs: performance.now() - copyStarted, elapsedMs: performance.now() - started, total: plan.total };
   }
 
   /** Every job completed: hash the targets, record the run, then drop what it replaced. */
@@ -948,6 +1281,7 @@ export class BackupChainGroup {
     if (p.image !== undefined) d.image = p.image;
     if (p.targetNode !== undefined) d.targetNode = p.targetNode;
     if (p.compress === true) d.compress = true;
+    if (p.pull !== undefined) d.pull = p.pull;
     return d;
   }
 

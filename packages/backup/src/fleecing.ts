@@ -350,7 +350,7 @@ export async function setUpFleecing(
   caps: PullCapabilities,
   socket: string,
   call: CallOptions,
-  hooks: { beforePoint?: () => Promise<void>; afterPoint?: () => Promise<void> } = {},
+  hooks: { beforePoint?: () => Promise<void>; pointTaken?: () => void; afterPoint?: () => Promise<void> } = {},
 ): Promise<void> {
   for (const d of drives) await prepareFleecing(qmp, steps, d, caps, call);
   await hooks.beforePoint?.();
@@ -361,6 +361,7 @@ export async function setUpFleecing(
   // Not under the caller's signal: a transaction QEMU applied must be known to be undone.
   if (tx.actions.length > 0) jobs = (await tx.run(qmp, {})).jobs;
   registerPoint(qmp, steps, drives, jobs);
+  hooks.pointTaken?.();
   for (const d of drives) await switchToFilter(qmp, steps, d, call);
   await freezeCopies(qmp, drives, call);
   await hooks.afterPoint?.();

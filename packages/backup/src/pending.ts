@@ -81,6 +81,12 @@ export async function inspectPendingRun(
     }
     return state;
   });
+  // A pull-mode run is copied by its own process: it runs while that process lives (its
+  // fleecing job, if any, never ends by itself), and ended with it.
+  if (run.mode === 'pull') {
+    const ownerAlive = processAlive(run.pid, run.host, run.run);
+    return { run, jobs, ownerAlive, state: ownerAlive ? 'running' : 'concluded' };
+  }
   const state = jobs.some((j) => j.status === 'gone')
     ? 'gone'
     : jobs.every((j) => j.status === 'concluded')

@@ -1,6 +1,6 @@
 // Scratch directories, images and QEMU machines for the integration tests: everything
 // created here is removed by `cleanup()` (called from afterEach/afterAll), also on failure.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -220,11 +220,11 @@ export async function waitForText(read: () => string, pattern: RegExp, timeout =
  * `-machine none` has no bus for a disk, so this is a PC that never runs (`-S`): the block
  * layer, QMP and HMP work as with `none`, no guest code runs and no accelerator is needed.
  */
-export async function launchWithDevice(scratch: Scratch, drive: string): Promise<QemuMachine> {
+export async function launchWithDevice(scratch: Scratch, drive: string, args: readonly string[] = []): Promise<QemuMachine> {
   const vm = new QemuMachine({
     machine: 'pc',
     drives: [{ file: drive, format: 'qcow2', id: 'drive0', nodeName: 'node0' }],
-    args: ['-S', '-m', '32', '-device', 'virtio-blk-pci,drive=drive0,id=vd0'],
+    args: ['-S', '-m', '32', '-device', 'virtio-blk-pci,drive=drive0,id=vd0', ...args],
   });
   scratch.machines.push(vm);
   await vm.launch({ timeout: 20_000 });
@@ -235,14 +235,16 @@ export async function launchWithDevice(scratch: Scratch, drive: string): Promise
  * What a pull-mode run may leave in QEMU: exports, nodes and jobs named qmpkit-*, frozen
  * bitmaps (`-pull-` / `-frozen`), and whether the NBD server still runs (a second start fails).
  */
-export async function pullLeftovers(vm: QemuMachine, node = 'drive0'): Promise<{ exports: string[]; nodes: string[]; jobs: string[]; bitmaps: string[]; nbdServer: boolean }> {
+export async function pullLeftovers(vm: QemuMachine): Promise<{ exports: string[]; nodes: string[]; jobs: string[]; bitmaps: string[]; nbdServer: boolean }> {
   const exports = ((await vm.qmp.execute('query-block-exports')) as Array<{ id: string }>).map((e) => e.id);
   const nodes = ((await vm.qmp.execute('query-named-block-nodes', { flat: true })) as Array<{ 'node-name'?: string }>)
     .map((n) => n['node-name'] ?? '')
     .filter((n) => n.startsWith('qmpkit-'));
   const jobs = ((await vm.qmp.execute('query-jobs')) as JobInfo[]).map((j) => j.id);
-  const blocks = (await vm.qmp.execute('query-block')) as Array<{ device: string; inserted?: { 'dirty-bitmaps'?: Array<{ name?: string }> } }>;
-  const bitmaps = (blocks.find((b) => b.device === node)?.inserted?.['dirty-bitmaps'] ?? [])
+  // Every node's: while a fleecing filter is above the drive, the device's name leads to the filter.
+  const named = (await vm.qmp.execute('query-named-block-nodes', { flat: true })) as Array<{ 'dirty-bitmaps'?: Array<{ name?: string }> }>;
+  const bitmaps = named
+    .flatMap((n) => n['dirty-bitmaps'] ?? [])
     .map((b) => b.name ?? '')
     .filter((n) => /-pull-|-frozen$/.test(n));
   let nbdServer = false;
@@ -259,3 +261,70 @@ export async function pullLeftovers(vm: QemuMachine, node = 'drive0'): Promise<{
 }
 
 export const NO_PULL_LEFTOVERS = { exports: [], nodes: [], jobs: [], bitmaps: [], nbdServer: false };
+
+// Run by `qmpSync`: connect to a QMP socket, negotiate, run each command, print the replies.
+const QMP_SYNC_SCRIPT = `
+const net = require('node:net');
+const [socket, json] = process.argv.slice(1);
+const commands = JSON.parse(json);
+const conn = net.connect(socket);
+let buffer = '';
+let sent = -1;
+const replies = [];
+const next = () => {
+  sent++;
+  if (sent > commands.length) { process.stdout.write(JSON.stringify(replies.slice(1))); conn.end(); return; }
+  conn.write(JSON.stringify(sent === 0 ? { execute: 'qmp_capabilities' } : commands[sent - 1]) + '\\n');
+};
+conn.on('data', (chunk) => {
+  buffer += chunk;
+  let i;
+  while ((i = buffer.indexOf('\\n')) >= 0) {
+    const line = buffer.slice(0, i); buffer = buffer.slice(i + 1);
+    const msg = JSON.parse(line);
+    if (msg.QMP) next();
+    else if ('return' in msg || 'error' in msg) { replies.push(msg); next(); }
+  }
+});
+`;
+
+/**
+ * Run QMP commands on a second monitor (`socket`) in a child process while this process
+ * waits, blocked: from a synchronous callback (a backup's onProgress) the commands are done
+ * in QEMU before this process reads another byte, e.g. guest writes right after a pull-mode
+ * backup's point and before its first read. Returns the replies.
+ */
+export function qmpSync(socket: string, commands: ReadonlyArray<{ execute: string; arguments?: object }>): Array<{ return?: unknown; error?: { desc: string } }> {
+  const out = execFileSync(process.execPath, ['-e', QMP_SYNC_SCRIPT, socket, JSON.stringify(commands)], { encoding: 'utf8', timeout: 20_000 });
+  return JSON.parse(out) as Array<{ return?: unknown; error?: { desc: string } }>;
+}
+
+/** Guest writes through HMP qemu-io on a second monitor, done when this returns (see `qmpSync`). */
+export function hmpWritesSync(socket: string, drive: string, patterns: readonly Pattern[]): void {
+  const commands = [...patterns.map(([p, o, l]) => `write -P${p} ${o} ${l}`), 'flush'].map((c) => ({
+    execute: 'human-monitor-command',
+    arguments: { 'command-line': `qemu-io ${drive} "${c}"` },
+  }));
+  const replies = qmpSync(socket, commands);
+  const failed = replies.find((r) => r.error !== undefined || (typeof r.return === 'string' && /error|fail/i.test(r.return)));
+  if (failed) throw new Error(`qemu-io through ${socket} failed: ${JSON.stringify(failed)}`);
+}
+
+/** The drive as patterns written over zeroes describe it (a model to compare restores with). */
+export function driveModel(size: number): { apply(patterns: readonly Pattern[]): void; bytes: Buffer } {
+  const bytes = Buffer.alloc(size);
+  const n = (v: string | number): number => (typeof v === 'number' ? v : parseSizeArg(v));
+  return {
+    bytes,
+    apply(patterns) {
+      for (const [p, o, l] of patterns) bytes.fill(p, n(o), n(o) + n(l));
+    },
+  };
+}
+
+function parseSizeArg(value: string): number {
+  const m = /^(0x[0-9a-f]+|\d+)([kKmMgG]?)$/.exec(value);
+  if (!m) throw new Error(`not a qemu-io size: ${value}`);
+  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m[2] ?? '').toLowerCase() as '' | 'k' | 'm' | 'g'];
+  return Number(m[1]) * unit;
+}
