@@ -4,8 +4,10 @@
 // on `-machine none` (a drive without a device), 'snapshot-access' on a PC that never runs with
 // the drive on a virtio-blk device. Every failure leaves nothing behind and the bitmap whole.
 import { mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { QemuMachine } from '@qmpkit/machine';
+import { ExtentFlag, NbdClient, qemuDirtyBitmapContext } from '@qmpkit/nbd';
 import { BackupAbortedError, PullSinkError, addBitmap, getBitmap, pullBackup } from '../src/index.js';
 import type { FleecingMethod, PullBackupOptions, PullExtent } from '../src/index.js';
 import { NO_PULL_LEFTOVERS, Scratch, hmpWrites, launchWithDevice, pullLeftovers } from './helpers.js';
@@ -45,6 +47,24 @@ function expectFilled(image: Buffer, offset: number, length: number, byte: numbe
   if (wrong !== -1) throw new Error(`byte at ${offset + wrong} is 0x${slice[wrong]?.toString(16)}, expected 0x${byte.toString(16)}`);
 }
 
+/** Connect to the running backup's export (found in its scratch directory and QEMU) and read 20 MiB's first byte and the frozen bitmap's dirty extents. */
+async function readExportAsAnotherClient(tmp: string, vm: QemuMachine): Promise<{ byte: number; dirty: Array<{ offset: number; length: number }> }> {
+  const [run] = (await readdir(tmp)).filter((f) => f.startsWith('.qmpkit-pull-'));
+  const [exp] = (await vm.qmp.execute('query-block-exports')) as Array<{ id: string }>;
+  const named = (await vm.qmp.execute('query-named-block-nodes', { flat: true })) as Array<{ 'dirty-bitmaps'?: Array<{ name?: string }> }>;
+  const frozen = named.flatMap((n) => n['dirty-bitmaps'] ?? []).find((b) => b.name?.includes('-pull-'))?.name as string;
+  const context = qemuDirtyBitmapContext(frozen);
+  const nbd = await NbdClient.connect(join(tmp, run as string, 'nbd.sock'), { exportName: exp?.id as string, metaContexts: [context] });
+  try {
+    const byte = (await nbd.read(20 * MiB, 4096))[0] as number;
+    const dirty: Array<{ offset: number; length: number }> = [];
+    for await (const x of nbd.extents({ context })) if (x.flags & ExtentFlag.DIRTY) dirty.push({ offset: x.offset, length: x.length });
+    return { byte, dirty };
+  } finally {
+    await nbd.disconnect();
+  }
+}
+
 const setups: Array<[FleecingMethod, (scratch: Scratch, drive: string) => Promise<QemuMachine>]> = [
   ['backup-sync-none', (scratch, drive) => scratch.launch([{ file: drive, format: 'qcow2', id: 'drive0', nodeName: 'node0' }])],
   ['snapshot-access', (scratch, drive) => launchWithDevice(scratch, drive)],
@@ -80,12 +100,19 @@ describe.each(setups)('pullBackup into a sink, fleecing %s', (method, launch) =>
 
   it('an incremental holds the point-in-time content while the guest writes, zero extents included', async () => {
     const progress: Array<{ current: number; total: number; final?: boolean }> = [];
-    const sink = new CollectingSink(writeDuring);
+    let seen: { byte: number; dirty: Array<{ offset: number; length: number }> } | undefined;
+    const sink = new CollectingSink(async (e, index) => {
+      await writeDuring(e, index);
+      // As the image-fleecing iotest does: another client of the export, after the guest's
+      // writes, reads the old data and the bitmap as it was at the point.
+      if (index === 0) seen = await readExportAsAnotherClient(tmp, vm);
+    });
     const result = await pullBackup({
       qmp: vm.qmp, node: 'drive0', sink, bitmap: 'b0', scratchDir: tmp, fleecing: method,
       onProgress: (p) => progress.push({ current: p.current, total: p.total, ...(p.final ? { final: true } : {}) }),
     });
     expect(result).toMatchObject({ sync: 'incremental', fleecing: method, size: SIZE, bytes: 39 * MiB, zeroBytes: MiB, total: 40 * MiB, dirty: 40 * MiB, leftovers: [] });
+    expect(seen).toEqual({ byte: 0x11, dirty: [{ offset: 0, length: 40 * MiB }] });
     expect(sink.writableFinished).toBe(true);
     const image = apply(sink.extents);
     expectFilled(image, 0, 8 * MiB, 0x11);
