@@ -182,6 +182,7 @@ export class CopyProgress {
   #total = 0;
   #current = 0;
   #last = 0;
+  #started = false;
   #ended = false;
 
   constructor(report: ((p: JobProgress & { node: string }) => void) | undefined, id: string, node: string, interval = 250) {
@@ -198,6 +199,7 @@ export class CopyProgress {
   /** The total is known (the plan is made): a first report. */
   start(total: number): void {
     this.#total = total;
+    this.#started = true;
     this.#emit(false);
   }
 
@@ -207,9 +209,9 @@ export class CopyProgress {
     if (now - this.#last >= this.#interval) this.#emit(false);
   }
 
-  /** The last report: on success current === total. */
+  /** The last report (none if the copy never started): on success current === total. */
   finish(completed: boolean): void {
-    if (this.#ended) return;
+    if (this.#ended || !this.#started) return;
     if (completed) this.#current = this.#total;
     this.#emit(true);
     this.#ended = true;
