@@ -37,6 +37,7 @@ import {
   qomPathOf,
   removeLeftovers,
   setUpFleecing,
+  watchFleecing,
 } from './fleecing.js';
 import type { FleecingChoice, FleecingDrive } from './fleecing.js';
 import { CopyProgress, copySegments, planCopy } from './pull-copy.js';
@@ -1016,6 +1017,8 @@ export class BackupChainGroup {
         // A resize between the checks and the point shows on the marks now.
         afterPoint: () => this.#checkMarksAfterStart(run, plans, call),
       });
+      const watch = watchFleecing(drives, (error) => stop.abort(error));
+      run.teardownWith('stop watching the fleecing jobs', async () => watch.disarm());
       // Every drive at once; the first failure stops the others.
       const settled = await Promise.allSettled(
         plans.map(async (p, i) => {
@@ -1027,8 +1030,12 @@ export class BackupChainGroup {
           }
         }),
       );
+      // A fleecing job that ended under the copy explains the failed reads.
+      if (stop.signal.aborted && BackupJobError.isInstance(stop.signal.reason)) throw stop.signal.reason;
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
+      // Every read happened while the views were the point in time.
+      watch.check();
       // Every target is complete. Take the fleecing down before recording: QEMU lets go of
       // the drive, and a teardown that fails only leaves names in QEMU (reported, not fatal).
       const leftovers = await run.tearDown();

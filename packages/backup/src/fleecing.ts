@@ -28,7 +28,7 @@ import { join } from 'node:path';
 
 import { createQcow2Image } from '@qmpkit/image-tools';
 
-import { PullUnavailableError } from './errors.js';
+import { BackupJobError, PullUnavailableError } from './errors.js';
 import { restrictFile } from './file-mode.js';
 import type { BackupJob } from './job.js';
 import type { PendingPull, PendingPullDrive } from './manifest.js';
@@ -180,6 +180,16 @@ export function pendingPullDrive(d: FleecingDrive): PendingPullDrive {
   return p;
 }
 
+/**
+ * Options for a command that changes QEMU: its timeout, not the signal. A command abandoned on
+ * abort would still be carried out by QEMU, after its undo step could be registered; the
+ * signal is checked between the steps instead.
+ */
+function changing(call: CallOptions): CallOptions {
+  call.signal?.throwIfAborted();
+  return call.timeout === undefined ? {} : { timeout: call.timeout };
+}
+
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -231,22 +241,22 @@ export async function prepareFleecing(
     } finally {
       await handle.close();
     }
-    await addNode(qmp, { driver: 'file', 'node-name': d.tempNode, filename: d.image }, call);
+    await addNode(qmp, { driver: 'file', 'node-name': d.tempNode, filename: d.image }, changing(call));
     steps.teardownWith(`remove node ${d.tempNode}`, () => removeNode(qmp, d.tempNode));
     const cbw: Record<string, unknown> = { driver: 'copy-before-write', 'node-name': d.cbwNode, file: d.nodeName, target: d.tempNode };
     // A failed copy (the temporary image's file system full) breaks the backup, not the guest's write.
     if (caps.onCbwError) cbw['on-cbw-error'] = 'break-snapshot';
-    await addNode(qmp, cbw as never, call);
+    await addNode(qmp, cbw as never, changing(call));
     steps.teardownWith(`remove node ${d.cbwNode}`, () => removeNode(qmp, d.cbwNode as string));
     return;
   }
-  await createQcow2Image(d.image, { size: d.size }, call);
+  await createQcow2Image(d.image, { size: d.size }, changing(call));
   steps.teardownWith(`remove ${d.image}`, () => rm(d.image, { force: true }));
   await restrictFile(d.image, 0o600);
   await addNode(
     qmp,
     { driver: 'qcow2', 'node-name': d.tempNode, file: { driver: 'file', filename: d.image }, backing: d.nodeName } as never,
-    call,
+    changing(call),
   );
   steps.teardownWith(`remove node ${d.tempNode}`, () => removeNode(qmp, d.tempNode));
 }
@@ -304,6 +314,41 @@ export function registerPoint(qmp: BackupQmp, steps: RunSteps, drives: readonly 
   }
 }
 
+/**
+ * Watch the fleecing jobs while the views are read: a sync-none job that ends (it failed, or
+ * someone cancelled it) takes its copy-before-write filter with it, and the view would show
+ * the guest's new writes from then on. `onEnd` is told at once; `check()` throws if any ended
+ * (call it after the last read, before the teardown ends them); `disarm()` before the teardown.
+ */
+export function watchFleecing(drives: readonly FleecingDrive[], onEnd: (error: Error) => void): { check(): void; disarm(): void } {
+  let armed = true;
+  let ended: Error | undefined;
+  for (const d of drives) {
+    const job = d.job;
+    if (!job) continue;
+    void job.result.then(
+      (r) => {
+        if (!armed) return;
+        ended ??= new BackupJobError(job.id, r.status, r.error ?? 'the fleecing job ended while its view was being read', {
+          cause: new Error(`fleecing of ${d.node} lost: the view is no longer the point in time`),
+        });
+        onEnd(ended);
+      },
+      () => undefined,
+    );
+  }
+  return {
+    check: () => {
+      if (ended) throw ended;
+      const gone = drives.find((d) => d.job?.done === true);
+      if (gone?.job) throw new BackupJobError(gone.job.id, 'cancelled', 'the fleecing job ended while its view was being read');
+    },
+    disarm: () => {
+      armed = false;
+    },
+  };
+}
+
 /** Cancel a sync-none fleecing job (it never ends by itself) and follow it until QEMU has forgotten it. */
 async function endFleecingJob(job: BackupJob): Promise<void> {
   if (!job.done) await job.cancel({ timeout: 10_000 }).catch(() => undefined);
@@ -319,11 +364,11 @@ async function endFleecingJob(job: BackupJob): Promise<void> {
 export async function switchToFilter(qmp: BackupQmp, steps: RunSteps, d: FleecingDrive, call: CallOptions): Promise<void> {
   if (d.method !== 'snapshot-access') return;
   const path = d.qomPath as string;
-  await execute(qmp, 'qom-set', { path, property: 'drive', value: d.cbwNode }, call);
+  await execute(qmp, 'qom-set', { path, property: 'drive', value: d.cbwNode }, changing(call));
   steps.teardownWith(`put device ${path} back on ${d.nodeName}`, async () => {
     await execute(qmp, 'qom-set', { path, property: 'drive', value: d.nodeName });
   });
-  await addNode(qmp, { driver: 'snapshot-access', 'node-name': d.accessNode, file: d.cbwNode } as never, call);
+  await addNode(qmp, { driver: 'snapshot-access', 'node-name': d.accessNode, file: d.cbwNode } as never, changing(call));
   steps.teardownWith(`remove node ${d.accessNode}`, () => removeNode(qmp, d.accessNode as string));
 }
 
@@ -332,7 +377,7 @@ export async function freezeCopies(qmp: BackupQmp, drives: readonly FleecingDriv
   for (const d of drives) {
     if (d.method === 'snapshot-access' && d.bitmap?.frozen !== undefined) {
       // By node name: the device's name now leads to the filter above the drive's node.
-      await execute(qmp, 'block-dirty-bitmap-disable', { node: d.nodeName, name: d.bitmap.frozen }, call);
+      await execute(qmp, 'block-dirty-bitmap-disable', { node: d.nodeName, name: d.bitmap.frozen }, changing(call));
     }
   }
 }
@@ -378,7 +423,7 @@ const NBD_SERVER_RUNNING = /already running/i;
  */
 export async function startNbdServer(qmp: BackupQmp, steps: RunSteps, node: string, socket: string, call: CallOptions): Promise<void> {
   try {
-    await execute(qmp, 'nbd-server-start', { addr: { type: 'unix', data: { path: socket } } }, call);
+    await execute(qmp, 'nbd-server-start', { addr: { type: 'unix', data: { path: socket } } }, changing(call));
   } catch (error) {
     if (NBD_SERVER_RUNNING.test(messageOf(error))) {
       throw new PullUnavailableError(
@@ -405,7 +450,7 @@ export async function addExport(qmp: BackupQmp, steps: RunSteps, d: FleecingDriv
   // By node and name where QEMU takes it; before 7.1 by name, found below the export (the
   // 'backup-sync-none' image's backing is the drive's node).
   if (frozen !== undefined) args['bitmaps'] = [caps.exportBitmapByNode ? { node: d.nodeName, name: frozen } : frozen];
-  await execute(qmp, 'block-export-add', args, call);
+  await execute(qmp, 'block-export-add', args, changing(call));
   steps.teardownWith(`remove export ${d.exportId}`, () => removeExport(qmp, d.exportId));
 }
 

@@ -10,8 +10,8 @@ import type { Writable } from 'node:stream';
 import { NbdClient, qemuDirtyBitmapContext, BASE_ALLOCATION } from '@qmpkit/nbd';
 
 import { getBitmap, resolveNode } from './bitmaps.js';
-import { BackupAbortedError, PullSinkError } from './errors.js';
-import { chooseFleecing, fleecingNames, makeScratch, pullCapabilities, qomPathOf, setUpFleecing } from './fleecing.js';
+import { BackupAbortedError, BackupJobError } from './errors.js';
+import { chooseFleecing, fleecingNames, makeScratch, pullCapabilities, qomPathOf, setUpFleecing, watchFleecing } from './fleecing.js';
 import type { FleecingChoice, FleecingDrive, FleecingMethod } from './fleecing.js';
 import type { JobProgress } from './job.js';
 import { CopyProgress, SinkWriter, copySegments, planCopy } from './pull-copy.js';
@@ -104,7 +104,14 @@ export async function pullBackup(options: PullBackupOptions): Promise<PullBackup
   const steps = new UndoLog();
   const stop = new AbortController();
   const signals = [stop.signal, ...(options.signal ? [options.signal] : [])];
-  const timer = options.timeout === undefined ? undefined : setTimeout(() => stop.abort(new Error('timeout')), options.timeout);
+  let timedOut = false;
+  const timer =
+    options.timeout === undefined
+      ? undefined
+      : setTimeout(() => {
+          timedOut = true;
+          stop.abort(new Error(`timed out after ${String(options.timeout)} ms`));
+        }, options.timeout);
   const signal = AbortSignal.any(signals);
   const call: CallOptions = { signal };
   const writer = new SinkWriter(sink, node, signal);
@@ -146,6 +153,8 @@ export async function pullBackup(options: PullBackupOptions): Promise<PullBackup
       if (frozen !== undefined) d.bitmap.frozen = frozen;
     }
     await setUpFleecing(qmp, steps, [d], caps, scratch.socket, call);
+    const watch = watchFleecing([d], (error) => stop.abort(error));
+    steps.teardownWith('stop watching the fleecing job', async () => watch.disarm());
 
     const context = sync === 'full' ? undefined : qemuDirtyBitmapContext(d.bitmap?.frozen as string);
     nbd = await NbdClient.connect(scratch.socket, { exportName: d.exportId, metaContexts: [BASE_ALLOCATION, ...(context ? [context] : [])], signal });
@@ -154,6 +163,8 @@ export async function pullBackup(options: PullBackupOptions): Promise<PullBackup
     const plan = await planCopy(client, { bitmapContext: context, cluster, signal });
     progress.start(plan.total);
     const bytes = await copySegments(client, plan.segments, writer, { signal, progress });
+    // Every read happened while the view was the point in time.
+    watch.check();
     await writer.finish();
     progress.finish(true);
     const leftovers = (await steps.tearDown()).failures;
@@ -184,8 +195,9 @@ export async function pullBackup(options: PullBackupOptions): Promise<PullBackup
     if (nbd) await nbd.close().catch(() => undefined);
     await steps.undoAll();
     if (options.signal?.aborted === true) throw new BackupAbortedError(run, 'abort', { cause: options.signal.reason });
-    if (stop.signal.aborted) throw new BackupAbortedError(run, 'timeout', { cause: error });
-    if (PullSinkError.isInstance(error)) throw error;
+    if (timedOut) throw new BackupAbortedError(run, 'timeout', { cause: error });
+    // The fleecing job ended under the copy: its error says why, not the reads it broke.
+    if (stop.signal.aborted && BackupJobError.isInstance(stop.signal.reason)) throw stop.signal.reason;
     throw error;
   } finally {
     if (timer) clearTimeout(timer);
