@@ -620,12 +620,15 @@ export class BackupChainGroup {
       const frozen = d.pull.frozenBitmap;
       if (frozen === undefined) continue;
       const chainBitmap = manifest.drives.find((m) => m.node === d.node)?.bitmap;
-      const info = await resolveNode(this.#qmp, d.pull.nodeName, call).catch(() => undefined);
+      // By the drive's name first: after a QEMU restart its node may have another node-name.
+      const info =
+        (await resolveNode(this.#qmp, d.node, call).catch(() => undefined)) ??
+        (await resolveNode(this.#qmp, d.pull.nodeName, call).catch(() => undefined));
       const found = info?.info['dirty-bitmaps']?.find((b) => b.name === frozen);
       // Not there: the point was never taken (the chain's bitmap was not cleared), or QEMU
       // restarted and lost both (then the check finds the chain's bitmap missing too).
       if (!found) continue;
-      const node = d.pull.nodeName;
+      const node = info?.nodeName ?? d.pull.nodeName;
       try {
         // An inconsistent copy (QEMU stopped without storing it) cannot be merged; the chain's
         // bitmap is then inconsistent too, which the check reports.

@@ -94,6 +94,11 @@ export async function pullBackup(options: PullBackupOptions): Promise<PullBackup
   if (typeof node !== 'string' || node === '') usage('node must be a device or node name');
   SinkWriter.check(sink, node);
   const sync = options.sync ?? (options.bitmap !== undefined ? 'incremental' : 'full');
+  if (sync !== 'full' && sync !== 'incremental' && sync !== 'bitmap') usage(`sync must be 'full', 'incremental' or 'bitmap', got ${String(sync)}`);
+  if (options.bitmapMode !== undefined && options.bitmapMode !== 'on-success' && options.bitmapMode !== 'never') {
+    usage(`bitmapMode must be 'on-success' or 'never', got ${String(options.bitmapMode)}`);
+  }
+  if (options.bitmap !== undefined && (typeof options.bitmap !== 'string' || options.bitmap === '')) usage('bitmap must be a bitmap name');
   if (sync !== 'full' && options.bitmap === undefined) usage(`sync '${sync}' needs a bitmap`);
   if (sync === 'incremental' && options.bitmapMode === 'never') usage("sync 'incremental' clears the bitmap; use sync 'bitmap' with bitmapMode 'never'");
   const cluster = options.clusterSize ?? DEFAULT_PULL_CLUSTER;

@@ -372,7 +372,8 @@ describe('pull-mode chain: a process killed mid-copy', () => {
   const scratch = new Scratch();
   afterEach(() => scratch.cleanup());
 
-  it('leaves the run pending; the next run takes down what it left and the chain continues', async () => {
+  /** A chain with a full, 40 MiB written since, and another process killed while it pulls the incremental. */
+  async function killedMidCopy(): Promise<{ vm: QemuMachine; drive: string; dir: string; chain: BackupChain; model: ReturnType<typeof driveModel> }> {
     await scratch.init();
     const drive = await scratch.image('drive0.qcow2', '64M');
     const { vm, socket } = await launch(scratch, 'backup-sync-none', [drive]);
@@ -383,8 +384,6 @@ describe('pull-mode chain: a process killed mid-copy', () => {
     const before: Pattern[] = [[0x51, 0, '40M']];
     await hmpWrites(vm, 'drive0', before);
     model.apply(before);
-
-    // Another process runs the incremental and is killed once it has copied a little.
     const script = scratch.path('pull.mjs');
     await writeFile(
       script,
@@ -409,14 +408,14 @@ await chain.incremental({ mode: 'pull', progressInterval: 0, onProgress: (p) => 
     expect(status.drives[0]?.detail).toMatch(/in progress/);
     child.kill('SIGKILL');
     await new Promise((resolve) => child.on('close', resolve));
-    const left = await pullLeftovers(vm);
-    expect(left.exports).toHaveLength(1);
-    expect(left.bitmaps).toHaveLength(1);
     const manifest = (await readManifest(chain.manifestPath)) as Manifest;
     expect(manifest.pending).toMatchObject({ kind: 'incremental', mode: 'pull' });
     expect(await pullDirs(dir)).toHaveLength(1);
+    return { vm, drive, dir, chain, model };
+  }
 
-    // The guest goes on writing; the next run undoes the killed one and copies everything.
+  /** The next incremental undoes the killed run and has everything since the full. */
+  async function continues(vm: QemuMachine, dir: string, chain: BackupChain, model: ReturnType<typeof driveModel>): Promise<void> {
     const after: Pattern[] = [[0x52, '48M', '64k']];
     await hmpWrites(vm, 'drive0', after);
     model.apply(after);
@@ -430,6 +429,22 @@ await chain.incremental({ mode: 'pull', progressInterval: 0, onProgress: (p) => 
     await vm.shutdown();
     expect(firstDifference(await rawRestore(chain, scratch, -1, 'restored.raw'), model.bytes)).toBe('none');
     await expect(chain.verify()).resolves.toMatchObject({ ok: true });
+  }
+
+  it('leaves the run pending; the next run takes down what it left and the chain continues', async () => {
+    const { vm, dir, chain, model } = await killedMidCopy();
+    const left = await pullLeftovers(vm);
+    expect(left).toMatchObject({ exports: [expect.any(String)], jobs: [expect.any(String)], bitmaps: [expect.stringMatching(/-frozen$/)], nbdServer: true });
+    await continues(vm, dir, chain, model);
+  });
+
+  it('and QEMU restarted since: the frozen copy was stored with the drive and is merged back', async () => {
+    const { vm, drive, dir, chain, model } = await killedMidCopy();
+    await vm.shutdown();
+    const { vm: again } = await launch(scratch, 'backup-sync-none', [drive]);
+    chain.qmp = again.qmp;
+    expect((await pullLeftovers(again)).bitmaps).toEqual([expect.stringMatching(/-frozen$/)]);
+    await continues(again, dir, chain, model);
   });
 });
 
