@@ -6,6 +6,16 @@
 //   dirtied:      1% of the drive in scattered 64 KiB writes (aligned to the bitmap's 64 KiB
 //                 granularity, distinct clusters, written through HMP qemu-io as a guest would)
 //   incremental:  BackupChain.incremental()
+//   pull:         a third chain of the same drive in pull mode (QEMU exports a point-in-time
+//                 view over NBD, @qmpkit/nbd reads it, Qcow2ImageWriter writes the files): its
+//                 full and its incremental after the same writes, bytes against the push chain's
+//   pull rounds:  the read throughput of a pull-mode full against `qemu-img convert` reading an
+//                 NBD export of the same drive in the same run (medians of 3 alternating rounds):
+//                 a pull-mode full into qcow2 files (as the chain takes it: fleecing, NBD reads,
+//                 qcow2 writes, digest) against `qemu-img convert` of the export into a qcow2
+//                 file (and the same plus hashing that file, as the chain hashes every file it
+//                 records), and `pullBackup()` into a sink that drops the data against
+//                 `qemu-img convert` into QEMU's null driver (reads only, both)
 //   compressed:   a second chain of the same drive with `compress: true` (the job's compress
 //                 option), its full taken beside the plain one and its incremental after the
 //                 same writes: file sizes and times against the plain chain's, same run
@@ -17,9 +27,13 @@
 // helper's calls; the overhead is the incremental's wall-clock time minus the QEMU job's own
 // duration (its first to last JOB_STATUS_CHANGE, from QEMU's event timestamps).
 // The digest line shows what hashing the full's file costs next to its QEMU job.
-// The last lines are: compressed size/plain=A time/plain=B (full and incremental), then
-// incremental bytes/dirtied=X time/full=Y overhead_ms=Z
+// The last lines are: compressed size/plain=A time/plain=B (full and incremental), pull
+// full/convert and sink/convert throughput ratios (at least 0.9 is the target) and pull
+// bytes/push, then incremental bytes/dirtied=X time/full=Y overhead_ms=Z
+import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -27,7 +41,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 // The workspace packages are not installed at the root: load their built ESM entries.
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const load = (pkg) => import(pathToFileURL(join(root, 'packages', pkg, 'dist', 'index.js')).href);
-const { BackupChain, digestFile } = await load('backup');
+const { BackupChain, digestFile, pullBackup } = await load('backup');
 const { qemuImg, qemuIo } = await load('image-tools');
 const { QemuMachine } = await load('machine');
 
@@ -36,6 +50,10 @@ const CLUSTER = 64 * 1024;
 const DRIVE_SIZE = GiB;
 const DIRTY_FRACTION = 0.01;
 const HMP_BATCH = 32;
+
+const execFileAsync = promisify(execFile);
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const PULL_ROUNDS = 3;
 
 function log(line) {
   process.stdout.write(`${line}\n`);
@@ -104,6 +122,9 @@ try {
   log(`full:        ${full.backups[0].bytes} bytes written (job ${full.backups[0].jobLength}), file ${full.backups[0].fileSize} bytes, in ${full.elapsedMs.toFixed(1)} ms (QEMU job ${fullJob.qemuDurationMs.toFixed(1)} ms)`);
   const packedFull = await packedChain.full({ timeout: 600_000, compress: true });
   log(`full -c:     ${packedFull.backups[0].bytes} bytes written, file ${packedFull.backups[0].fileSize} bytes, in ${packedFull.elapsedMs.toFixed(1)} ms (QEMU job ${packedFull.results[0].qemuDurationMs.toFixed(1)} ms)`);
+  const pullChain = await BackupChain.open({ qmp: vm.qmp, dir: join(dir, 'pull'), node: 'drive0', granularity: CLUSTER });
+  const pullFull = await pullChain.full({ timeout: 600_000, mode: 'pull' });
+  log(`full pull:   ${pullFull.backups[0].bytes} bytes written, file ${pullFull.backups[0].fileSize} bytes, in ${pullFull.elapsedMs.toFixed(1)} ms (${pullFull.fleecing?.[0]?.method ?? '?'} fleecing)`);
   // The full's wall-clock time includes hashing its file once (its digest goes into the
   // manifest); hashing it again here shows that share against the QEMU job of the same run.
   const digestStarted = performance.now();
@@ -132,6 +153,7 @@ try {
   const inc = await chain.incremental({ timeout: 600_000 });
   const incJob = inc.results[0];
   const packedInc = await packedChain.incremental({ timeout: 600_000, compress: true });
+  const pullInc = await pullChain.incremental({ timeout: 600_000, mode: 'pull' });
   const overhead = inc.elapsedMs - incJob.qemuDurationMs;
   const target = join(chain.dir, inc.backups[0].file);
   const allocated = (await qemuImg.map(target))
@@ -146,10 +168,59 @@ try {
   if (!same.identical) throw new Error(`the incremental chain differs from the drive: ${same.message}`);
   const packedSame = await qemuImg.compare(join(packedChain.dir, packedInc.backups[0].file), drive, { forceShare: true, timeout: 300_000 });
   if (!packedSame.identical) throw new Error(`the compressed chain differs from the drive: ${packedSame.message}`);
-  log('verified:    both chains up to their incremental equal the drive (qemu-img compare)');
+  log(`inc pull:    ${pullInc.backups[0].bytes} bytes written, file ${pullInc.backups[0].fileSize} bytes, in ${pullInc.elapsedMs.toFixed(1)} ms`);
+  const pullSame = await qemuImg.compare(join(pullChain.dir, pullInc.backups[0].file), drive, { forceShare: true, timeout: 300_000 });
+  if (!pullSame.identical) throw new Error(`the pull-mode chain differs from the drive: ${pullSame.message}`);
+  log('verified:    the three chains up to their incremental equal the drive (qemu-img compare)');
+
+  // Read throughput: pull mode against qemu-img convert reading an NBD export of the same drive.
+  const nbdSocket = join(dir, 'bench-nbd.sock');
+  const exportUrl = `nbd+unix:///node0?socket=${nbdSocket}`;
+  const convertInto = async (options, target) => {
+    const started = performance.now();
+    await execFileAsync(process.env.QEMU_IMG ?? 'qemu-img', ['convert', '-f', 'raw', ...options, exportUrl, target], { maxBuffer: 1 << 20 });
+    return performance.now() - started;
+  };
+  const rounds = { pullFile: [], convertFile: [], convertHashed: [], pullSink: [], convertNull: [] };
+  for (let round = 0; round < PULL_ROUNDS; round++) {
+    const roundChain = await BackupChain.open({ qmp: vm.qmp, dir: join(dir, `pull-round-${round}`), node: 'drive0', granularity: CLUSTER });
+    rounds.pullFile.push((await roundChain.full({ timeout: 600_000, mode: 'pull' })).elapsedMs);
+    await rm(roundChain.dir, { recursive: true, force: true });
+    let sunk = 0;
+    const sink = new Writable({ objectMode: true, write(extent, _encoding, done) { sunk += extent.data?.length ?? 0; done(); } });
+    const pulled = await pullBackup({ qmp: vm.qmp, node: 'drive0', sink, sync: 'full', timeout: 600_000 });
+    if (sunk !== pulled.bytes) throw new Error(`the sink took ${sunk} bytes, pullBackup reported ${pulled.bytes}`);
+    rounds.pullSink.push(pulled.elapsedMs);
+    // The same drive exported read-only over NBD for qemu-img (the export is set up outside the timing).
+    await vm.qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
+    await vm.qmp.execute('block-export-add', { type: 'nbd', id: 'bench', 'node-name': 'node0', writable: false });
+    try {
+      const out = join(dir, `convert-${round}.qcow2`);
+      const convertMs = await convertInto(['-O', 'qcow2'], out);
+      // A chain's file is worth keeping only with its digest (the pull full hashes its file
+      // before recording it, as a push full does): the like-for-like baseline hashes too.
+      const hashStarted = performance.now();
+      await digestFile(out);
+      const hashMs = performance.now() - hashStarted;
+      rounds.convertFile.push(convertMs);
+      rounds.convertHashed.push(convertMs + hashMs);
+      await rm(out, { force: true });
+      rounds.convertNull.push(await convertInto(['-n', '--target-image-opts'], `driver=null-co,size=${DRIVE_SIZE}`));
+    } finally {
+      await vm.qmp.execute('block-export-del', { id: 'bench' }).catch(() => undefined);
+      await vm.qmp.execute('nbd-server-stop').catch(() => undefined);
+    }
+    log(`pull round ${round + 1}: pull full into files ${rounds.pullFile[round].toFixed(0)} ms, qemu-img convert into qcow2 ${rounds.convertFile[round].toFixed(0)} ms (${rounds.convertHashed[round].toFixed(0)} ms with the file's digest); pullBackup into a sink ${rounds.pullSink[round].toFixed(0)} ms, qemu-img convert into null-co ${rounds.convertNull[round].toFixed(0)} ms`);
+  }
+  const m = Object.fromEntries(Object.entries(rounds).map(([k, v]) => [k, median(v)]));
   const ratio = (a, b) => (a / b).toFixed(3);
   log(`compressed full size/plain=${ratio(packedFull.backups[0].fileSize, full.backups[0].fileSize)} time/plain=${ratio(packedFull.elapsedMs, full.elapsedMs)}`);
   log(`compressed incremental size/plain=${ratio(packedInc.backups[0].fileSize, inc.backups[0].fileSize)} time/plain=${ratio(packedInc.elapsedMs, inc.elapsedMs)}`);
+  const mib = (ms) => (DRIVE_SIZE / 1048576 / (ms / 1000)).toFixed(0);
+  log(`pull medians over ${PULL_ROUNDS} rounds (1 GiB): into files ${m.pullFile.toFixed(0)} ms (${mib(m.pullFile)} MiB/s) vs qemu-img convert ${m.convertFile.toFixed(0)} ms (${mib(m.convertFile)} MiB/s), ${m.convertHashed.toFixed(0)} ms with the digest; into a sink ${m.pullSink.toFixed(0)} ms (${mib(m.pullSink)} MiB/s) vs qemu-img convert into null-co ${m.convertNull.toFixed(0)} ms (${mib(m.convertNull)} MiB/s)`);
+  log(`pull full time/push full=${ratio(pullFull.elapsedMs, full.elapsedMs)}`);
+  log(`pull throughput/qemu-img-convert reads(sink/null-co)=${ratio(m.convertNull, m.pullSink)} files-with-digest=${ratio(m.convertHashed, m.pullFile)} files/plain-convert=${ratio(m.convertFile, m.pullFile)} (target >= 0.9 for reads)`);
+  log(`pull bytes/push full=${ratio(pullFull.backups[0].bytes, full.backups[0].bytes)} incremental=${ratio(pullInc.backups[0].bytes, inc.backups[0].bytes)} pull incremental bytes/dirtied=${ratio(pullInc.backups[0].bytes, dirtied)}`);
 
   const bytesRatio = inc.backups[0].bytes / dirtied;
   const timeRatio = inc.elapsedMs / full.elapsedMs;

@@ -27,11 +27,13 @@ import {
   readRunLog,
   restoreChain,
   verifyChain,
+  type BackupMode,
   type ChainBackupOptions,
   type ChainDriveOptions,
   type ChainRunResult,
   type ChainStatus,
   type DriveCheck,
+  type FleecingChoice,
   type ManifestBackup,
 } from '@qmpkit/backup';
 // The CLI's own views of progress (not part of the library).
@@ -69,10 +71,12 @@ const OPTIONS = {
   granularity: { type: 'string', value: 'BYTES', help: 'bitmap granularity of a new chain: a power of two, 512 B .. 2 GiB' },
   'full-if-broken': { type: 'boolean', help: 'take a new full backup when the chain cannot be continued' },
   differential: { type: 'boolean', help: "sync=bitmap with bitmap-mode=never: the chain's bitmap keeps the changes" },
-  compress: { type: 'boolean', help: 'write compressed qcow2 clusters (smaller backups, more CPU)' },
+  compress: { type: 'boolean', help: 'write compressed qcow2 clusters (smaller backups, more CPU; push mode)' },
+  mode: { type: 'string', value: 'push|pull', help: "push (default): QEMU's backup job writes the files; pull: QEMU exports a point-in-time view over NBD and this process reads the changed extents and writes the same files" },
+  fleecing: { type: 'string', value: 'auto|snapshot-access|backup-sync-none', help: 'pull mode: how the point-in-time view is made (default auto: copy-before-write with snapshot-access where the QEMU has it)' },
   'cancel-orphan-job': { type: 'boolean', help: 'cancel the job an earlier, killed run left running in QEMU, then go on' },
   overwrite: { type: 'boolean', help: 'replace existing target or output files' },
-  speed: { type: 'string', value: 'BYTES', help: 'rate limit of each job, bytes per second' },
+  speed: { type: 'string', value: 'BYTES', help: 'rate limit of each job, bytes per second (push mode)' },
   'file-mode': { type: 'string', value: 'OCTAL', help: 'mode of backup images, manifest and restored images (default 0600; directories get x where readable)' },
   source: { type: 'string', multiple: true, value: 'NODE=FILE', help: 'compare the newest backup of NODE with the image FILE (repeatable)' },
   reference: { type: 'string', multiple: true, value: 'BACKUP=FILE', help: 'compare a backup file with a reference image (repeatable)' },
@@ -99,7 +103,7 @@ interface CommandSpec {
   run: (ctx: CommandContext) => Promise<number>;
 }
 
-const RUN_OPTIONS = ['socket', 'wait', 'dir', 'node', 'compress', 'overwrite', 'speed', 'file-mode', 'cancel-orphan-job', 'timeout', 'progress', 'json'] as const;
+const RUN_OPTIONS = ['socket', 'wait', 'dir', 'node', 'mode', 'fleecing', 'compress', 'overwrite', 'speed', 'file-mode', 'cancel-orphan-job', 'timeout', 'progress', 'json'] as const;
 
 const COMMANDS: Record<string, CommandSpec> = {
   full: {
@@ -194,6 +198,9 @@ interface Options {
   cancelOrphanJob: boolean;
   overwrite: boolean;
   speed: number | undefined;
+  /** The run mode (--mode). */
+  runMode: BackupMode;
+  fleecing: FleecingChoice | undefined;
   mode: number;
   sources: Record<string, string>;
   references: Record<string, string>;
@@ -330,6 +337,19 @@ function parse(argv: readonly string[]): Parsed {
     wait = Number(waitText);
     if (!/^\d+(\.\d+)?$/.test(waitText) || !Number.isFinite(wait)) throw new UsageError(`--wait takes seconds, got "${waitText}"`, command);
   }
+  const runMode = str('mode') ?? 'push';
+  if (runMode !== 'push' && runMode !== 'pull') throw new UsageError(`--mode must be push or pull, got "${runMode}"`, command);
+  const fleecing = str('fleecing');
+  if (fleecing !== undefined && !['auto', 'snapshot-access', 'backup-sync-none'].includes(fleecing)) {
+    throw new UsageError(`--fleecing must be auto, snapshot-access or backup-sync-none, got "${fleecing}"`, command);
+  }
+  if (runMode === 'push' && fleecing !== undefined) throw new UsageError('--fleecing applies to --mode pull only', command);
+  if (runMode === 'pull') {
+    // A pull-mode run has no QEMU backup job: nothing would compress or rate-limit it.
+    for (const name of ['compress', 'speed'] as const) {
+      if (values[name] !== undefined) throw new UsageError(`--${name} applies to --mode push only (a pull-mode backup has no backup job)`, command);
+    }
+  }
   const socket = str('socket');
   const options: Options = {
     socket: socket === undefined ? undefined : resolve(socket),
@@ -344,6 +364,8 @@ function parse(argv: readonly string[]): Parsed {
     cancelOrphanJob: flag('cancel-orphan-job'),
     overwrite: flag('overwrite'),
     speed: integer(command, 'speed', str('speed'), 1),
+    runMode,
+    fleecing: fleecing as FleecingChoice | undefined,
     mode: fileMode(command, str('file-mode')),
     sources: pairs(command, 'source', list('source'), (f) => resolve(f)),
     references: pairs(command, 'reference', list('reference'), (f) => resolve(f)),
@@ -483,7 +505,7 @@ function print(options: Options, json: unknown, text: string): void {
 
 function describeBackup(b: ManifestBackup, index?: number): string {
   const duration = b.durationMs !== undefined ? `${b.durationEstimated ? '<= ' : ''}${b.durationMs.toFixed(1)} ms` : '? ms';
-  const extra = [b.compressed ? 'compressed' : '', b.mergedFrom ? `merged from ${b.mergedFrom.length} older` : ''].filter(Boolean).join(', ');
+  const extra = [b.mode === 'pull' ? 'pull mode' : '', b.compressed ? 'compressed' : '', b.mergedFrom ? `merged from ${b.mergedFrom.length} older` : ''].filter(Boolean).join(', ');
   return `${index === undefined ? '' : `${String(index).padStart(3)}  `}${b.kind.padEnd(12)} ${b.file}  ${formatBytes(b.bytes)} written${
     b.jobLength !== undefined ? ` (job ${formatBytes(b.jobLength)})` : ''
   }, drive ${formatBytes(b.driveSize)}, ${b.fileSize !== undefined ? `file ${formatBytes(b.fileSize)}, ` : ''}${duration}${extra ? `, ${extra}` : ''}`;
@@ -505,6 +527,8 @@ async function runBackup(ctx: CommandContext, kind: 'full' | 'incremental' | 'di
     progressInterval: 200,
     ...(options.speed !== undefined ? { speed: options.speed } : {}),
     ...(options.compress ? { compress: true } : {}),
+    ...(options.runMode === 'pull' ? { mode: 'pull' as const } : {}),
+    ...(options.fleecing !== undefined ? { fleecing: options.fleecing } : {}),
   };
   let nodes: string[] = [];
   const result = await withChain(ctx, (g) => {

@@ -30,6 +30,11 @@ describe('qmpkit-backup usage', () => {
     ['a prune keeping nothing', ['prune', '--dir', 'd', '--keep-points', '0'], /--keep-points must be a whole number of at least 1/, 'qmpkit-backup prune'],
     ['a node given twice', ['full', '--socket', 's', '--dir', 'd', '--node', 'a', '--node', 'a'], /given twice/, 'qmpkit-backup full'],
     ['a resize without --size', ['resize', '--socket', 's', '--dir', 'd', '--node', 'a'], /resize needs --size/, 'qmpkit-backup resize'],
+    ['an unknown --mode', ['full', '--socket', 's', '--dir', 'd', '--node', 'n', '--mode', 'sideways'], /--mode must be push or pull, got "sideways"/, 'qmpkit-backup full'],
+    ['--compress in pull mode', ['full', '--socket', 's', '--dir', 'd', '--node', 'n', '--mode', 'pull', '--compress'], /--compress applies to --mode push only/, 'qmpkit-backup full'],
+    ['--speed in pull mode', ['incremental', '--socket', 's', '--dir', 'd', '--mode', 'pull', '--speed', '100'], /--speed applies to --mode push only/, 'qmpkit-backup incremental'],
+    ['--fleecing without pull mode', ['full', '--socket', 's', '--dir', 'd', '--node', 'n', '--fleecing', 'auto'], /--fleecing applies to --mode pull only/, 'qmpkit-backup full'],
+    ['an unknown --fleecing', ['full', '--socket', 's', '--dir', 'd', '--node', 'n', '--mode', 'pull', '--fleecing', 'magic'], /--fleecing must be auto, snapshot-access or backup-sync-none/, 'qmpkit-backup full'],
   ])('%s: exit 2 with the usage line, nothing created', async (_what, args, message, usage) => {
     const cwd = scratch.path(`usage-${Math.random().toString(16).slice(2, 8)}`);
     await mkdir(cwd);
