@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 
-import { BinaryNotFoundError, CliUsageError, RunAbortedError } from './errors.js';
+import { BinaryNotFoundError, CliUsageError, RunAbortedError, ScratchDirError } from './errors.js';
 import { USAGE, matchesFilter, parseCliOptions } from './options.js';
 import { buildJsonReport, buildJunitReport, formatCaseLine, formatSummaryLine, summarize } from './reporters.js';
 import { liveRuns } from './runner.js';
@@ -62,6 +62,7 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
       jobs: options.jobs,
       timeoutMs: options.timeoutMs,
       keepArtifacts: options.keepArtifacts,
+      ...(options.scratchDir === undefined ? {} : { scratchDir: options.scratchDir }),
       compareWith: options.compareWith,
       ...(signal ? { signal } : {}),
       onCaseEnd: (r) => streams.stdout.write(`${formatCaseLine(r)}\n`),
@@ -71,8 +72,13 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
       streams.stderr.write(`qmpkit-conformance: ${error.message}\n`);
       return EXIT_USAGE;
     }
+    if (ScratchDirError.isInstance(error)) {
+      streams.stderr.write(`qmpkit-conformance: ${error.message} (from --scratch-dir)\n`);
+      return EXIT_USAGE;
+    }
     if (RunAbortedError.isInstance(error)) {
-      streams.stderr.write('qmpkit-conformance: interrupted; QEMU stopped and scratch directories removed\n');
+      const why = signal?.reason instanceof Error ? ` (${signal.reason.message})` : '';
+      streams.stderr.write(`qmpkit-conformance: interrupted${why}; QEMU stopped and scratch directories removed\n`);
       return EXIT_INTERRUPTED;
     }
     throw error;

@@ -97,6 +97,30 @@ export class BinaryNotFoundError extends ConformanceError {
 }
 
 /**
+ * The scratch directory asked for (`--scratch-dir`, `scratchDir`) is missing, not a directory
+ * or not writable. Nothing was run. The CLI reports it as a usage error (exit 2).
+ */
+export class ScratchDirError extends ConformanceError {
+  protected static override readonly brand: string = 'ScratchDirError';
+  static override readonly kind: QmpkitErrorKind = 'not-found';
+
+  static override isInstance(value: unknown): value is ScratchDirError {
+    return hasBrand(value, Symbol.for('qmpkit.conformance.ScratchDirError'));
+  }
+
+  /** The directory, as an absolute path. */
+  readonly path: string;
+  /** What is wrong with it: `no such directory`, `not a directory`, `not writable`. */
+  readonly reason: string;
+
+  constructor(path: string, reason: string) {
+    super(`scratch directory ${path}: ${reason}`);
+    this.path = path;
+    this.reason = reason;
+  }
+}
+
+/**
  * A check of a case did not hold. `check` names what was checked (the same thing the reference
  * test asserts), `expected` and `actual` are what differed.
  */

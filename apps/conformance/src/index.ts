@@ -1,4 +1,4 @@
-export { runConformance, conformanceCases, caseIds, checkBinaries, describeBinaries, suites, suiteOf } from './suite.js';
+export { runConformance, conformanceCases, caseIds, checkBinaries, checkScratchDir, describeBinaries, suites, suiteOf } from './suite.js';
 export type { RunConformanceOptions, ConformanceResult } from './suite.js';
 export { runCli, main, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED, EXIT_USAGE } from './cli-main.js';
 export type { CliStreams } from './cli-main.js';
@@ -27,6 +27,7 @@ export {
   CliUsageError,
   ConformanceError,
   RunAbortedError,
+  ScratchDirError,
 } from './errors.js';
 export type { ConformanceErrorOptions } from './errors.js';
 // The root of every qmpkit error (one check for any package's errors, and their kind).

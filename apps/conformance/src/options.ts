@@ -28,6 +28,8 @@ export interface CliOptions {
   compareWith: CompareEngine;
   /** Per-case limit in milliseconds. */
   timeoutMs: number;
+  /** Where the run makes its scratch directories (`--scratch-dir`; undefined: `os.tmpdir()`). */
+  scratchDir: string | undefined;
   list: boolean;
   help: boolean;
 }
@@ -51,6 +53,8 @@ Options:
   --qemu-img PATH       qemu-img binary (default: $QEMU_IMG or qemu-img on PATH)
   --qemu-io PATH        qemu-io binary (default: $QEMU_IO or qemu-io on PATH)
   --keep-artifacts      keep the images and QEMU log of failed cases (their path is printed)
+  --scratch-dir DIR     make the run's scratch directories in DIR, an existing directory
+                        (default: $TMPDIR, else /tmp)
   --compare-with WHO    who decides image comparisons (and suite 257's maps): both (default:
                         the SDK's in-process reader and qemu-img, which must agree),
                         in-process or qemu-img
@@ -98,6 +102,7 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
         'qemu-img': { type: 'string' },
         'qemu-io': { type: 'string' },
         'keep-artifacts': { type: 'boolean' },
+        'scratch-dir': { type: 'string' },
         'compare-with': { type: 'string' },
         timeout: { type: 'string' },
         list: { type: 'boolean' },
@@ -148,6 +153,7 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
     binaries,
     keepArtifacts: values['keep-artifacts'] ?? false,
     compareWith: compareWith as CompareEngine,
+    scratchDir: nonEmpty('--scratch-dir', values['scratch-dir']),
     timeoutMs: Math.round(1000 * (values.timeout === undefined ? DEFAULT_TIMEOUT_S : positiveSeconds('--timeout', values.timeout))),
     list: values.list ?? false,
     help: values.help ?? false,

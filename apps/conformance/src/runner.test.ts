@@ -5,26 +5,22 @@ import { basename, dirname, join } from 'node:path';
 
 import { CaseAssertionError, CaseSkip, RunAbortedError } from './errors.js';
 import { RunFixtures } from './context.js';
-import { runCases, SCRATCH_PREFIX, type CaseDefinition, type CaseScope } from './runner.js';
+import { liveRuns, runCases, SCRATCH_PREFIX, type CaseDefinition, type CaseScope } from './runner.js';
 
 // The runner with synthetic cases (no QEMU): scheduling, scratch directories, timeouts,
 // skips and interruption. The real cases are exercised end to end in test/cli.test.ts.
 
-const scratchDirs = (): string[] => readdirSync(tmpdir()).filter((n) => n.startsWith(SCRATCH_PREFIX));
-
-// A private TMPDIR (os.tmpdir() reads it at each call): test/cli.test.ts, which may run at the
-// same time in another worker, makes directories of the same prefix in the shared one, and
-// "nothing left behind" must only see this file's runs.
-const sharedTmpdir = process.env['TMPDIR'];
-let privateTmpdir = '';
+// Every run here makes its directories under a private scratch root given explicitly
+// (`scratchDir`), never through TMPDIR: other work in this process (another test file's, or
+// this one's) may create directories of the same prefix in os.tmpdir() at any moment, and
+// "nothing left behind" must see only this file's runs, whatever else runs meanwhile.
+let scratchRoot = '';
+const scratchDirs = (): string[] => readdirSync(scratchRoot).filter((n) => n.startsWith(SCRATCH_PREFIX));
 beforeAll(() => {
-  privateTmpdir = mkdtempSync(join(tmpdir(), 'qmpkit-conformance-runner-test-'));
-  process.env['TMPDIR'] = privateTmpdir;
+  scratchRoot = mkdtempSync(join(tmpdir(), 'qmpkit-runner-test-'));
 });
 afterAll(() => {
-  if (sharedTmpdir === undefined) delete process.env['TMPDIR'];
-  else process.env['TMPDIR'] = sharedTmpdir;
-  rmSync(privateTmpdir, { recursive: true, force: true });
+  rmSync(scratchRoot, { recursive: true, force: true });
 });
 
 function waitForAbort(signal: AbortSignal): Promise<never> {
@@ -43,7 +39,15 @@ async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
   throw new Error('expected a rejection');
 }
 
-const base = { makeContext: (scope: CaseScope) => scope, timeoutMs: 10_000, keepArtifacts: false };
+const base = {
+  makeContext: (scope: CaseScope) => scope,
+  timeoutMs: 10_000,
+  keepArtifacts: false,
+  // Read when a test spreads `base`, i.e. after beforeAll made the root.
+  get scratchDir(): string {
+    return scratchRoot;
+  },
+};
 
 describe('runCases', () => {
   let before: string[];
@@ -96,12 +100,13 @@ describe('runCases', () => {
     expect(order).toEqual(['heavy', 'middle', 'light']);
   });
 
-  it('gives each case its own scratch directory under os.tmpdir() and removes it', async () => {
+  it('gives each case its own scratch directory under the scratch root and removes it', async () => {
     const seen: string[] = [];
     const cases: Array<CaseDefinition<CaseScope>> = ['x', 'y'].map((id) => ({
       id,
       run: async (scope) => {
-        expect(dirname(scope.dir)).toBe(tmpdir());
+        expect(dirname(scope.dir)).toBe(scratchRoot);
+        expect(dirname(scope.runDir)).toBe(scratchRoot);
         expect(basename(scope.dir).startsWith(SCRATCH_PREFIX)).toBe(true);
         writeFileSync(join(scope.dir, 'image.qcow2'), 'data');
         seen.push(scope.dir);
@@ -110,6 +115,32 @@ describe('runCases', () => {
     await runCases({ ...base, cases, jobs: 2 });
     expect(new Set(seen).size).toBe(2);
     for (const dir of seen) expect(existsSync(dir)).toBe(false);
+  });
+
+  it('without a scratch root uses os.tmpdir(), and a missing root is an error that leaves nothing registered', async () => {
+    let dir = '';
+    const { scratchDir: _unused, ...withoutRoot } = base;
+    await runCases({
+      ...withoutRoot,
+      jobs: 1,
+      cases: [
+        {
+          id: 'default-root',
+          run: async (scope) => {
+            dir = scope.dir;
+            expect(dirname(scope.dir)).toBe(tmpdir());
+          },
+        },
+      ],
+    });
+    expect(dir).not.toBe('');
+    expect(existsSync(dir)).toBe(false);
+
+    const runsBefore = liveRuns.size;
+    const missing = join(scratchRoot, 'no-such-dir');
+    const error = await rejectionOf(runCases({ ...base, scratchDir: missing, jobs: 1, cases: [{ id: 'a', run: async () => undefined }] }));
+    expect((error as NodeJS.ErrnoException).code).toBe('ENOENT');
+    expect(liveRuns.size).toBe(runsBefore);
   });
 
   it('keeps the directory of a failed case only with keepArtifacts', async () => {

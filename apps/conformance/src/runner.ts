@@ -1,5 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -66,6 +66,11 @@ export interface RunCasesOptions<C> {
   onRunStart?: (runDir: string, signal: AbortSignal) => void;
   /** Called after the last case, before the run directory is removed: release what cases shared. */
   onRunEnd?: () => Promise<void>;
+  /**
+   * Directory under which the run makes its scratch directories (default: `os.tmpdir()`, read
+   * once when the run starts). It must exist; the run removes only what it made there.
+   */
+  scratchDir?: string;
 }
 
 export interface RunCasesResult {
@@ -163,8 +168,9 @@ async function settleWithin<T>(promise: Promise<T>, ms: number): Promise<void> {
 }
 
 /**
- * Run the cases, `jobs` at a time, each in its own scratch directory under os.tmpdir() with a
- * timeout. Rejects with `RunAbortedError` when `signal` aborts, after everything is released.
+ * Run the cases, `jobs` at a time, each in its own scratch directory under `scratchDir`
+ * (default os.tmpdir()) with a timeout. Rejects with `RunAbortedError` when `signal` aborts,
+ * after everything is released.
  */
 export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCasesResult> {
   const started = performance.now();
@@ -172,12 +178,16 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
   const outer = options.signal;
   const onOuterAbort = (): void => runController.abort(new RunAbortedError({ cause: outer?.reason }));
   if (outer?.aborted) throw new RunAbortedError({ cause: outer.reason });
-  outer?.addEventListener('abort', onOuterAbort, { once: true });
 
+  // Read once: every directory of the run goes under the same root, whatever changes TMPDIR
+  // later. Made synchronously before anything is registered, so a bad root leaks nothing and
+  // an interrupt always finds the directory in `live`.
+  const scratchRoot = options.scratchDir ?? tmpdir();
+  const runDir = mkdtempSync(join(scratchRoot, `${SCRATCH_PREFIX}run-`));
   const live = new LiveResources();
-  liveRuns.add(live);
-  const runDir = await mkdtemp(join(tmpdir(), `${SCRATCH_PREFIX}run-`));
   live.addDir(runDir);
+  liveRuns.add(live);
+  outer?.addEventListener('abort', onOuterAbort, { once: true });
   // Shared preparation stops when the run is interrupted and when it ends (e.g. every case
   // failed before a template it started was used).
   const runEnd = new AbortController();
@@ -206,7 +216,7 @@ export async function runCases<C>(options: RunCasesOptions<C>): Promise<RunCases
     };
     runController.signal.addEventListener('abort', onRunAbort, { once: true });
 
-    const dir = mkdtempSync(join(tmpdir(), SCRATCH_PREFIX));
+    const dir = mkdtempSync(join(scratchRoot, SCRATCH_PREFIX));
     live.addDir(dir);
     tracked.dirs.push(dir);
     const tally = new CheckTally();

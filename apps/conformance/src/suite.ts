@@ -7,7 +7,7 @@ import { incrementalBackupCases } from './cases/incremental-backup.js';
 import { imageTemplates } from './cases/scenario.js';
 import { CaseContext, ImageTemplates, makeTools, RunFixtures, type SuiteTools } from './context.js';
 import type { CheckDefinition } from './checks.js';
-import { BinaryNotFoundError } from './errors.js';
+import { BinaryNotFoundError, ScratchDirError } from './errors.js';
 import { SUITE_IDS, type BinaryOptions, type CompareEngine, type SuiteId } from './options.js';
 import { IOTEST_257_CHECKS, suite257Cases, suite257Fixtures } from './suites/257/index.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
@@ -47,6 +47,11 @@ export interface RunConformanceOptions {
   /** Per-case limit, ms (default 60 s). */
   timeoutMs?: number;
   keepArtifacts?: boolean;
+  /**
+   * Existing directory under which the run makes its scratch directories (default:
+   * `os.tmpdir()`, read once when the run starts). Checked before anything runs.
+   */
+  scratchDir?: string;
   /** Who decides image comparisons (default both engines, which must agree; see verdict.ts). */
   compareWith?: CompareEngine;
   signal?: AbortSignal;
@@ -101,6 +106,19 @@ export function checkBinaries(binaries: BinaryOptions): void {
   }
 }
 
+/** Throws `ScratchDirError` unless `dir` is a directory this process can make directories in. */
+export function checkScratchDir(dir: string): void {
+  let reason: string | undefined;
+  try {
+    if (!statSync(dir).isDirectory()) reason = 'not a directory';
+    else accessSync(dir, constants.W_OK | constants.X_OK);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    reason ??= code === 'ENOENT' ? 'no such directory' : code === 'EACCES' ? 'not writable' : String(error);
+  }
+  if (reason !== undefined) throw new ScratchDirError(resolve(dir), reason);
+}
+
 export function describeBinaries(binaries: BinaryOptions): Record<string, string> {
   return {
     'qemu-system': locateBinary(binaries.qemuSystem, 'QEMU_SYSTEM', 'qemu-system-x86_64'),
@@ -129,6 +147,7 @@ async function versionFromBinary(binary: string, signal: AbortSignal | undefined
 export async function runConformance(options: RunConformanceOptions = {}): Promise<ConformanceResult> {
   const binaries = options.binaries ?? {};
   checkBinaries(binaries);
+  if (options.scratchDir !== undefined) checkScratchDir(options.scratchDir);
   const tools: SuiteTools = makeTools(binaries, options.compareWith);
   const wanted = new Set(options.suites ?? SUITE_IDS);
   const selected = conformanceCases.filter(
@@ -161,6 +180,7 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
     jobs: options.jobs ?? 1,
     timeoutMs: options.timeoutMs ?? 60_000,
     keepArtifacts: options.keepArtifacts ?? false,
+    ...(options.scratchDir === undefined ? {} : { scratchDir: resolve(options.scratchDir) }),
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.onCaseStart ? { onCaseStart: options.onCaseStart } : {}),
     ...(options.onCaseEnd ? { onCaseEnd: options.onCaseEnd } : {}),

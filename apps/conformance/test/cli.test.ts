@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
 import { findAll, parseXml } from './xml.js';
 
@@ -257,6 +257,30 @@ describe('qmpkit-conformance', () => {
     expect(caseLines(run)).toEqual([]);
     expect(run.stdout).toBe('');
     expect(run.stderr.trim().split('\n')).toEqual([`qmpkit-conformance: ${binary} not found or not executable: ${missing} (from ${option})`]);
+  }, 60_000);
+
+  it('--scratch-dir puts the run elsewhere; one that does not exist is a usage error (exit 2)', async () => {
+    const missing = join(root, 'no-such-scratch');
+    const bad = await runCli(['--filter', 'test_incremental_simple', '--scratch-dir', missing]);
+    expect(bad.code).toBe(2);
+    expect(caseLines(bad)).toEqual([]);
+    expect(bad.stderr.trim()).toBe(`qmpkit-conformance: scratch directory ${missing}: no such directory (from --scratch-dir)`);
+
+    // A failing case with --keep-artifacts shows where its directory was made: in the scratch
+    // directory, not in TMPDIR (root), which stays empty.
+    const scratch = await mkdtemp(join(reports, 'scratch-'));
+    const broken = join(reports, 'qemu-io-fails');
+    writeFileSync(broken, '#!/bin/sh\nexit 1\n');
+    chmodSync(broken, 0o755);
+    try {
+      const run = await runCli(['--filter', 'test_incremental_simple', '--qemu-io', broken, '--keep-artifacts', '--scratch-dir', scratch]);
+      expect(run.code).toBe(1);
+      const kept = /artifacts kept in (\S+)/.exec(run.stdout)?.[1];
+      expect(kept !== undefined && dirname(kept)).toBe(scratch);
+      expect(readdirSync(scratch)).toEqual([basename(kept as string)]);
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
   }, 60_000);
 
   it('--keep-artifacts keeps the images and QEMU log of a failed case and prints where', async () => {

@@ -165,6 +165,8 @@ describe('command line', () => {
       'qemu-img',
       '--timeout',
       '2.5',
+      '--scratch-dir',
+      '/var/tmp/conformance',
     ]);
     expect(options).toMatchObject({
       filters: ['simple', '*Blkdebug*'],
@@ -175,7 +177,9 @@ describe('command line', () => {
       keepArtifacts: true,
       compareWith: 'qemu-img',
       timeoutMs: 2500,
+      scratchDir: '/var/tmp/conformance',
     });
+    expect(parseCliOptions([]).scratchDir).toBeUndefined();
     expect(parseCliOptions([]).compareWith).toBe('both');
     expect(parseCliOptions(['--compare-with', 'in-process']).compareWith).toBe('in-process');
   });
@@ -192,6 +196,7 @@ describe('command line', () => {
     [['--timeout', '0'], '--timeout'],
     [['--timeout', 'soon'], '--timeout'],
     [['--json', ''], '--json'],
+    [['--scratch-dir', ''], '--scratch-dir'],
     [['--compare-with', 'cmp'], '--compare-with'],
   ])('rejects %j naming the option', (argv, option) => {
     let caught: unknown;
