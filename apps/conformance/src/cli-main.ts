@@ -12,7 +12,7 @@ export interface CliStreams {
   stderr: { write(text: string): unknown };
 }
 
-/** Exit statuses: 0 all passed, 1 a case failed, 2 bad usage, 130 interrupted. */
+/** Exit statuses: 0 all passed, 1 a case failed, 2 bad usage, 130 interrupted (signal, closed output, parent gone). */
 export const EXIT_PASSED = 0;
 export const EXIT_FAILED = 1;
 export const EXIT_USAGE = 2;
@@ -101,32 +101,74 @@ export async function runCli(argv: readonly string[], streams: CliStreams, signa
   return result.summary.failed === 0 && result.summary.skipped === 0 ? EXIT_PASSED : EXIT_FAILED;
 }
 
+/** How often the CLI looks whether its parent process is still there. */
+const PARENT_POLL_MS = 500;
+/** After the first stop request, how long the graceful clean-up may take before a forced one. */
+const FORCE_AFTER_MS = 5_000;
+
+/** A stream whose writes are dropped once it has failed (a closed pipe): nothing is left to read them. */
+function guarded(stream: NodeJS.WriteStream, onClosed: (error: Error) => void): CliStreams['stdout'] {
+  let closed = false;
+  stream.on('error', (error: Error) => {
+    if (closed) return;
+    closed = true;
+    onClosed(error);
+  });
+  return {
+    write: (text: string) => {
+      if (!closed && !stream.destroyed) stream.write(text);
+      return true;
+    },
+  };
+}
+
 /**
- * Wire `runCli` to the process: SIGINT/SIGTERM abort the run (QEMU stopped, scratch removed,
- * exit 130); a second signal, or a clean-up taking over 5 s, releases everything synchronously.
+ * Wire `runCli` to the process. The run is stopped (QEMU stopped, scratch directories removed,
+ * exit 130) when SIGINT, SIGTERM or SIGHUP arrives, when its standard output or error is
+ * closed (`| head -1`: EPIPE), and when its parent process goes away (it is then re-parented;
+ * checked every half second). A second signal, or a clean-up taking over 5 s, releases
+ * everything synchronously; so does any other way out of the process (a crash included).
  */
 export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
   const controller = new AbortController();
-  let signalled = false;
-  const forceExit = (): never => {
+  let stopping = false;
+  const releaseAll = (): void => {
     for (const run of liveRuns) run.releaseSync();
+  };
+  const forceExit = (): never => {
+    releaseAll();
     process.exit(EXIT_INTERRUPTED);
   };
-  const onSignal = (name: NodeJS.Signals): void => {
-    if (signalled) forceExit();
-    signalled = true;
-    controller.abort(new Error(`received ${name}`));
-    setTimeout(forceExit, 5_000).unref();
+  const stop = (why: string): void => {
+    if (stopping) return;
+    stopping = true;
+    controller.abort(new Error(why));
+    setTimeout(forceExit, FORCE_AFTER_MS).unref();
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const onSignal = (name: NodeJS.Signals): void => {
+    if (stopping) forceExit();
+    stop(`received ${name}`);
+  };
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const name of signals) process.on(name, onSignal);
+  // The last resort: whatever ends the process from here on (process.exit, an uncaught
+  // exception), the run's directories go with it; the machine package kills QEMU on 'exit'.
+  process.on('exit', releaseAll);
+  const stdout = guarded(process.stdout, () => stop('standard output closed'));
+  const stderr = guarded(process.stderr, () => stop('standard error closed'));
+  const parent = process.ppid;
+  const parentWatch = setInterval(() => {
+    if (process.ppid !== parent) stop(`parent process ${parent} exited`);
+  }, PARENT_POLL_MS);
+  parentWatch.unref();
   try {
-    process.exitCode = await runCli(argv, { stdout: process.stdout, stderr: process.stderr }, controller.signal);
+    process.exitCode = await runCli(argv, { stdout, stderr }, controller.signal);
   } catch (error) {
-    process.stderr.write(`qmpkit-conformance: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    stderr.write(`qmpkit-conformance: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
     process.exitCode = EXIT_FAILED;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    clearInterval(parentWatch);
+    for (const name of signals) process.off(name, onSignal);
+    process.off('exit', releaseAll);
   }
 }

@@ -342,22 +342,81 @@ describe('qmpkit-conformance', () => {
     expect(run.stdout.match(/did not finish within 50 ms/g)).toHaveLength(2);
   }, 60_000);
 
-  it('on SIGINT stops QEMU, removes every scratch directory and exits 130', async () => {
-    const { child, done } = startCli(['--jobs', '2']);
-    // Interrupt once a QEMU of this run is up, i.e. really mid-run.
+  /** Resolves once a QEMU of this file's runs is up, i.e. a run is really under way. */
+  async function qemuStarted(): Promise<void> {
     const deadline = Date.now() + 30_000;
     while (qemuProcessesUnder(root).length === 0) {
       if (Date.now() > deadline) throw new Error('no QEMU started within 30 s');
       // Nothing announces QEMU's start to a test, so look again shortly.
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
-    child.kill('SIGINT');
+  }
+
+  it.each(['SIGINT', 'SIGTERM', 'SIGHUP'] as const)('on %s stops QEMU, removes every scratch directory and exits 130', async (signal) => {
+    const { child, done } = startCli(['--jobs', '2']);
+    await qemuStarted();
+    child.kill(signal);
     const run = await done;
     expect(run.code).toBe(130);
-    expect(run.stderr).toMatch(/interrupted/);
+    expect(run.stderr).toContain(`interrupted (received ${signal}); QEMU stopped and scratch directories removed`);
     expect(run.stdout).not.toMatch(/passed, \d+ failed/);
   }, 60_000);
+
+  it('stops QEMU, removes every scratch directory and exits 130 when its standard output is closed (| head -1)', async () => {
+    const { child, done } = startCli(['--jobs', '2']);
+    // Read the first case line, then close the pipe as `head -1` does: the CLI's next write fails with EPIPE.
+    await new Promise<void>((resolve) => {
+      let seen = '';
+      child.stdout?.on('data', (chunk: string) => {
+        seen += chunk;
+        if (seen.includes('\n')) resolve();
+      });
+    });
+    child.stdout?.destroy();
+    const run = await done;
+    expect(run.signal).toBeNull();
+    expect(run.code).toBe(130);
+    expect(run.stderr).toContain('interrupted (standard output closed); QEMU stopped and scratch directories removed');
+    expect(run.stderr).not.toMatch(/EPIPE|Unhandled/);
+  }, 60_000);
+
+  it('stops QEMU, removes every scratch directory and exits when its parent process dies', async () => {
+    // The CLI as the child of a shell that is then killed outright (no signal reaches the CLI).
+    // Its output goes to a file, so a closed pipe cannot be what stops it.
+    const out = join(reports, 'orphan.out');
+    const parent = spawn('sh', ['-c', '"$@" >"$OUT" 2>&1 & echo $!; wait', 'sh', process.execPath, cli, '--jobs', '2'], {
+      env: { ...process.env, TMPDIR: root, OUT: out },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const pid = await new Promise<number>((resolve, reject) => {
+      parent.on('error', reject);
+      parent.stdout?.setEncoding('utf8').once('data', (text: string) => resolve(Number(text.trim())));
+    });
+    expect(Number.isInteger(pid) && pid > 0).toBe(true);
+    await qemuStarted();
+    parent.kill('SIGKILL');
+    // The orphan notices within a poll, cleans up and exits (it may stay a zombie if nobody reaps it).
+    const deadline = Date.now() + 20_000;
+    while (alive(pid)) {
+      if (Date.now() > deadline) {
+        process.kill(pid, 'SIGKILL');
+        throw new Error(`the CLI (pid ${pid}) outlived its parent by 20 s`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(readFileSync(out, 'utf8')).toMatch(/interrupted \(parent process \d+ exited\); QEMU stopped and scratch directories removed/);
+  }, 60_000);
 });
+
+/** Whether `pid` is a live process (a zombie, which has exited and only waits to be reaped, is not). */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
 
 function execOnPath(name: string): string {
   for (const dir of (process.env['PATH'] ?? '').split(':')) {
