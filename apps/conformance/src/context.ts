@@ -2,14 +2,24 @@ import { constants as fsConstants } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { createQcow2Image, mapImageData, QemuImg, QemuIo, setBackingFile, type DataExtent } from '@qmpkit/image-tools';
+import { createQcow2Image, QemuImg, QemuIo, setBackingFile } from '@qmpkit/image-tools';
 import { QemuMachine } from '@qmpkit/machine';
 
 import type { CheckDefinition } from './checks.js';
-import { CaseSkip, ConformanceError, EngineDisagreementError } from './errors.js';
+import { CaseSkip, ConformanceError } from './errors.js';
 import type { BinaryOptions } from './options.js';
 import type { CaseScope } from './runner.js';
-import { DEFAULT_COMPARE_ENGINE, makeComparer, type CompareEngine, type ImageComparer, type Verdict } from './verdict.js';
+import {
+  DEFAULT_COMPARE_ENGINE,
+  makeComparer,
+  makeMapper,
+  verdictEngines,
+  type CompareWith,
+  type ImageComparer,
+  type ImageMapper,
+  type Verdict,
+  type VerdictEngine,
+} from './verdict.js';
 
 /** The image tools and the system emulator the cases run, as the CLI options chose them. */
 export interface SuiteTools {
@@ -17,54 +27,38 @@ export interface SuiteTools {
   qemuIo: QemuIo;
   /** undefined: the machine package's default lookup ($QEMU_SYSTEM, else qemu-system-x86_64 on PATH). */
   qemuSystem: string | undefined;
-  /** Who decides image comparisons (see verdict.ts). */
-  compareWith: CompareEngine;
+  /** The engines that decide image comparisons and maps (see verdict.ts); they must all agree. */
+  engines: readonly VerdictEngine[];
   /** Compares two qcow2 images as `qemu-img compare` does, with the engine(s) the options chose. */
   compare: ImageComparer;
   /** `qemu-img rebase -u` of a qcow2 image onto a qcow2 backing file (suite 257's verification). */
   rebase(file: string, backing: string, signal: AbortSignal): Promise<void>;
   /** The data extents `qemu-img map` lists for a qcow2 image, with the engine(s) the options chose. */
-  mapData(file: string, signal: AbortSignal): Promise<DataExtent[]>;
+  mapData: ImageMapper;
 }
 
-export function makeTools(binaries: BinaryOptions, compareWith: CompareEngine = DEFAULT_COMPARE_ENGINE): SuiteTools {
+export function makeTools(binaries: BinaryOptions, compareWith: CompareWith = DEFAULT_COMPARE_ENGINE): SuiteTools {
   const qemuImg = new QemuImg(binaries.qemuImg === undefined ? {} : { binary: binaries.qemuImg });
+  const qemuImgBinary = binaries.qemuImg ?? (process.env['QEMU_IMG'] || 'qemu-img');
+  const engines = verdictEngines(compareWith);
   return {
     qemuImg,
     qemuIo: new QemuIo(binaries.qemuIo === undefined ? {} : { binary: binaries.qemuIo }),
     qemuSystem: binaries.qemuSystem,
-    compareWith,
-    compare: makeComparer(compareWith, binaries.qemuImg ?? (process.env['QEMU_IMG'] || 'qemu-img')),
-    // A header rewrite, not a verdict: in-process unless qemu-img alone was asked for (the
-    // comparisons that follow, by qemu-img too by default, read the header it wrote).
+    engines,
+    compare: makeComparer(engines, qemuImgBinary),
+    // A header rewrite, not a verdict: in-process (image-tools' setBackingFile writes the header
+    // `qemu-img rebase -u` writes) unless qemu-img alone decides; the comparisons that follow
+    // read the header it wrote, with every engine chosen.
     rebase:
-      compareWith === 'qemu-img'
+      engines.length === 1 && engines[0] === 'qemu-img'
         ? (file, backing, signal) =>
             qemuImg.rebase(file, { format: 'qcow2', unsafe: true, backingFile: backing, backingFormat: 'qcow2', signal })
         : async (file, backing, signal) => {
             await setBackingFile(file, { file: backing, format: 'qcow2' }, { qemuImg, signal });
           },
-    // A verdict (which clusters a backup holds): decided like the comparisons, by both engines by default.
-    mapData: async (file, signal) => {
-      const external = async (): Promise<DataExtent[]> => {
-        const extents: DataExtent[] = [];
-        for (const e of await qemuImg.map(file, { format: 'qcow2', signal })) {
-          if (!e.data) continue;
-          const last = extents[extents.length - 1];
-          if (last && last.depth === e.depth && last.start + last.length === e.start) last.length += e.length;
-          else extents.push({ start: e.start, length: e.length, depth: e.depth });
-        }
-        return extents;
-      };
-      const inProcess = async (): Promise<DataExtent[]> => (await mapImageData(file, { format: 'qcow2', qemuImg, signal })).extents;
-      if (compareWith === 'qemu-img') return external();
-      if (compareWith === 'in-process') return inProcess();
-      const [ours, theirs] = await Promise.all([inProcess(), external()]);
-      if (JSON.stringify(ours) !== JSON.stringify(theirs)) {
-        throw new EngineDisagreementError(`map of ${file}`, { 'in-process': JSON.stringify(ours), 'qemu-img': JSON.stringify(theirs) });
-      }
-      return ours;
-    },
+    // A verdict (which clusters a backup holds): decided like the comparisons.
+    mapData: makeMapper(engines, qemuImgBinary),
   };
 }
 

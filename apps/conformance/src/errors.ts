@@ -168,7 +168,7 @@ export class EngineDisagreementError extends CaseAssertionError {
   }
 }
 
-/** An image comparison could not be made (qemu-img exited 2 or worse, or could not run). */
+/** An image comparison or map could not be made (qemu-img exited 2 or worse or could not run, or a reader refused the image). */
 export class ComparisonError extends ConformanceError {
   protected static override readonly brand: string = 'ComparisonError';
   static override readonly kind: QmpkitErrorKind = 'tool';
@@ -178,10 +178,12 @@ export class ComparisonError extends ConformanceError {
   }
 
   readonly engine: string;
-  readonly files: readonly [string, string];
+  /** The two images compared, or the one image mapped. */
+  readonly files: readonly string[];
 
-  constructor(engine: string, files: readonly [string, string], reason: string, options: ConformanceErrorOptions = {}) {
-    super(`${engine} could not compare ${files[0]} with ${files[1]}: ${reason}`, options);
+  constructor(engine: string, files: readonly string[], reason: string, options: ConformanceErrorOptions = {}) {
+    const what = files.length === 1 ? `map ${files[0]}` : `compare ${files[0]} with ${files[1]}`;
+    super(`${engine} could not ${what}: ${reason}`, options);
     this.engine = engine;
     this.files = files;
   }

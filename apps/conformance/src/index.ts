@@ -3,9 +3,9 @@ export type { RunConformanceOptions, ConformanceResult } from './suite.js';
 export { runCli, main, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED, EXIT_USAGE } from './cli-main.js';
 export type { CliStreams } from './cli-main.js';
 export { parseCliOptions, matchesFilter, defaultJobs, USAGE, DEFAULT_TIMEOUT_S, SUITE_IDS } from './options.js';
-export type { CliOptions, BinaryOptions, CompareEngine, SuiteId } from './options.js';
+export type { CliOptions, BinaryOptions, CompareEngine, SuiteId, VerdictEngine } from './options.js';
 export type { CheckCount, CheckDefinition, CheckOrigin, FailedCheck } from './checks.js';
-export type { ImageComparer, Verdict } from './verdict.js';
+export type { CompareWith, ImageComparer, ImageMapper, Verdict } from './verdict.js';
 export { runCases, SCRATCH_PREFIX } from './runner.js';
 export type { CaseDefinition, CaseResult, CaseScope, CaseStatus, RunCasesOptions, RunCasesResult } from './runner.js';
 export {

@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 
 import { CliUsageError } from './errors.js';
-import { COMPARE_ENGINES, DEFAULT_COMPARE_ENGINE, type CompareEngine } from './verdict.js';
+import { COMPARE_ENGINES, COMPARE_PRESETS, DEFAULT_COMPARE_ENGINE, VERDICT_ENGINES, type CompareEngine, type VerdictEngine } from './verdict.js';
 
 /** Paths of the QEMU binaries under test; undefined means the SDK's default lookup. */
 export interface BinaryOptions {
@@ -24,8 +24,8 @@ export interface CliOptions {
   junit: string | undefined;
   binaries: BinaryOptions;
   keepArtifacts: boolean;
-  /** Who decides image comparisons: both engines (must agree), the SDK's in-process reader, or qemu-img. */
-  compareWith: CompareEngine;
+  /** The engines that decide image comparisons and maps (they must agree); see verdict.ts. */
+  compareWith: VerdictEngine[];
   /** Per-case limit in milliseconds. */
   timeoutMs: number;
   /** Where the run makes its scratch directories (`--scratch-dir`; undefined: `os.tmpdir()`). */
@@ -36,7 +36,7 @@ export interface CliOptions {
 
 export const DEFAULT_TIMEOUT_S = 60;
 
-export type { CompareEngine };
+export type { CompareEngine, VerdictEngine };
 
 export const USAGE = `Usage: qmpkit-conformance [options]
 
@@ -55,9 +55,11 @@ Options:
   --keep-artifacts      keep the images and QEMU log of failed cases (their path is printed)
   --scratch-dir DIR     make the run's scratch directories in DIR, an existing directory
                         (default: $TMPDIR, else /tmp)
-  --compare-with WHO    who decides image comparisons (and suite 257's maps): both (default:
-                        the SDK's in-process reader and qemu-img, which must agree),
-                        in-process or qemu-img
+  --compare-with WHO    who decides image comparisons and maps; the engines must agree:
+                        independent (default: the SDK's reader and the suite's own qcow2
+                        reader), both (the SDK's reader and qemu-img), all, in-process
+                        (the SDK's reader alone), suite, qemu-img, or a comma-separated
+                        list of the engines sdk, suite, qemu-img
   --timeout SECONDS     limit per case (default: ${DEFAULT_TIMEOUT_S})
   --list                print the case ids and exit
   -h, --help            print this help and exit
@@ -121,13 +123,7 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
   if (qemuImg !== undefined) binaries.qemuImg = qemuImg;
   if (qemuIo !== undefined) binaries.qemuIo = qemuIo;
 
-  const compareWith = values['compare-with'] ?? DEFAULT_COMPARE_ENGINE;
-  if (!(COMPARE_ENGINES as readonly string[]).includes(compareWith)) {
-    throw new CliUsageError(`--compare-with needs one of ${COMPARE_ENGINES.join(', ')}, got "${compareWith}"`, {
-      option: '--compare-with',
-      value: compareWith,
-    });
-  }
+  const compareWith = parseCompareWith(values['compare-with'] ?? DEFAULT_COMPARE_ENGINE);
 
   const suites = new Set<SuiteId>();
   for (const name of values.suite ?? ['all']) {
@@ -152,12 +148,25 @@ export function parseCliOptions(argv: readonly string[]): CliOptions {
     junit: nonEmpty('--junit', values.junit),
     binaries,
     keepArtifacts: values['keep-artifacts'] ?? false,
-    compareWith: compareWith as CompareEngine,
+    compareWith,
     scratchDir: nonEmpty('--scratch-dir', values['scratch-dir']),
     timeoutMs: Math.round(1000 * (values.timeout === undefined ? DEFAULT_TIMEOUT_S : positiveSeconds('--timeout', values.timeout))),
     list: values.list ?? false,
     help: values.help ?? false,
   };
+}
+
+/** `--compare-with`: a named set of engines, or a comma-separated list of engines. */
+function parseCompareWith(raw: string): VerdictEngine[] {
+  if ((COMPARE_ENGINES as readonly string[]).includes(raw)) return [...COMPARE_PRESETS[raw as CompareEngine]];
+  const named = raw.split(',').map((e) => e.trim());
+  if (named.length > 0 && named.every((e) => (VERDICT_ENGINES as readonly string[]).includes(e))) {
+    return VERDICT_ENGINES.filter((e) => named.includes(e));
+  }
+  throw new CliUsageError(
+    `--compare-with needs one of ${COMPARE_ENGINES.join(', ')} or a comma-separated list of ${VERDICT_ENGINES.join(', ')}, got "${raw}"`,
+    { option: '--compare-with', value: raw },
+  );
 }
 
 export function defaultJobs(): number {

@@ -8,7 +8,8 @@ import { imageTemplates } from './cases/scenario.js';
 import { CaseContext, ImageTemplates, makeTools, RunFixtures, type SuiteTools } from './context.js';
 import type { CheckDefinition } from './checks.js';
 import { BinaryNotFoundError, ScratchDirError } from './errors.js';
-import { SUITE_IDS, type BinaryOptions, type CompareEngine, type SuiteId } from './options.js';
+import { SUITE_IDS, type BinaryOptions, type SuiteId } from './options.js';
+import type { CompareWith } from './verdict.js';
 import { IOTEST_257_CHECKS, suite257Cases, suite257Fixtures } from './suites/257/index.js';
 import type { QemuDescription, SuiteSummary } from './reporters.js';
 import { summarize } from './reporters.js';
@@ -52,8 +53,12 @@ export interface RunConformanceOptions {
    * `os.tmpdir()`, read once when the run starts). Checked before anything runs.
    */
   scratchDir?: string;
-  /** Who decides image comparisons (default both engines, which must agree; see verdict.ts). */
-  compareWith?: CompareEngine;
+  /**
+   * Who decides image comparisons and maps: a named set (default `independent`: the SDK's
+   * reader and the suite's own qcow2 reader) or a list of engines (`sdk`, `suite`,
+   * `qemu-img`), which must all agree; see the README's verdict section.
+   */
+  compareWith?: CompareWith;
   signal?: AbortSignal;
   onCaseStart?: (id: string) => void;
   onCaseEnd?: (result: CaseResult) => void;

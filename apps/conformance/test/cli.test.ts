@@ -317,7 +317,7 @@ describe('qmpkit-conformance', () => {
     await rm(kept as string, { recursive: true, force: true });
   }, 60_000);
 
-  it('a comparer that always agrees fails the suite: by disagreement (default) or by the negative controls', async () => {
+  it('a comparer that always agrees fails the suite: by disagreement (two engines) or by the negative controls', async () => {
     // A qemu-img whose compare finds every pair identical.
     const wrapper = join(reports, 'qemu-img-agrees');
     writeFileSync(
@@ -325,10 +325,16 @@ describe('qmpkit-conformance', () => {
       `#!/bin/sh\nif [ "$1" = compare ]; then echo "Images are identical."; exit 0; fi\nexec ${execOnPath('qemu-img')} "$@"\n`,
     );
     chmodSync(wrapper, 0o755);
-    const both = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper]);
+    // With the SDK's reader beside it, the first comparison that must come out different does
+    // not, and the two engines disagree.
+    const both = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper, '--compare-with', 'both']);
     expect(both.code).toBe(1);
     expect(both.stdout).toMatch(/\[suite: negative-control\] comparison of \S+ with \S+: the comparison engines agree/);
-    expect(both.stdout).toMatch(/"qemu-img":"Images are identical\."/);
+    expect(both.stdout).toMatch(/"sdk":"different: Content mismatch at offset 0!","qemu-img":"identical: Images are identical\."/);
+    // All three: the two readers agree with each other, qemu-img with neither.
+    const all = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper, '--compare-with', 'all']);
+    expect(all.code).toBe(1);
+    expect(all.stdout).toMatch(/"sdk":"different: Content mismatch at offset 0!","suite":"different: Content mismatch at offset 0!","qemu-img":"identical: Images are identical\."/);
     const alone = await runCli(['--filter', 'test_incremental_simple', '--qemu-img', wrapper, '--compare-with', 'qemu-img']);
     expect(alone.code).toBe(1);
     expect(alone.stdout).toMatch(/\[suite: negative-control\] negative control: drive0\.qcow2 against the older backup drive0\.bitmap0\.ref1\.qcow2: expected \{"identical":false,"message":"Content mismatch at offset 0!"\}/);

@@ -175,13 +175,18 @@ describe('command line', () => {
       junit: 'r.xml',
       binaries: { qemuSystem: '/opt/q/qemu-system-x86_64', qemuImg: '/opt/q/qemu-img', qemuIo: '/opt/q/qemu-io' },
       keepArtifacts: true,
-      compareWith: 'qemu-img',
+      compareWith: ['qemu-img'],
       timeoutMs: 2500,
       scratchDir: '/var/tmp/conformance',
     });
     expect(parseCliOptions([]).scratchDir).toBeUndefined();
-    expect(parseCliOptions([]).compareWith).toBe('both');
-    expect(parseCliOptions(['--compare-with', 'in-process']).compareWith).toBe('in-process');
+    // The named sets, and lists of engines (each once, in a fixed order).
+    expect(parseCliOptions([]).compareWith).toEqual(['sdk', 'suite']);
+    expect(parseCliOptions(['--compare-with', 'independent']).compareWith).toEqual(['sdk', 'suite']);
+    expect(parseCliOptions(['--compare-with', 'both']).compareWith).toEqual(['sdk', 'qemu-img']);
+    expect(parseCliOptions(['--compare-with', 'all']).compareWith).toEqual(['sdk', 'suite', 'qemu-img']);
+    expect(parseCliOptions(['--compare-with', 'in-process']).compareWith).toEqual(['sdk']);
+    expect(parseCliOptions(['--compare-with', 'qemu-img,suite,qemu-img']).compareWith).toEqual(['suite', 'qemu-img']);
   });
 
   it('defaults jobs to the number of cores', () => {
@@ -198,6 +203,8 @@ describe('command line', () => {
     [['--json', ''], '--json'],
     [['--scratch-dir', ''], '--scratch-dir'],
     [['--compare-with', 'cmp'], '--compare-with'],
+    [['--compare-with', 'sdk,'], '--compare-with'],
+    [['--compare-with', 'sdk,cmp'], '--compare-with'],
   ])('rejects %j naming the option', (argv, option) => {
     let caught: unknown;
     try {
