@@ -156,6 +156,77 @@ export class RunFixtures {
   }
 }
 
+/**
+ * QEMU machines handed from one case to the next, per kind (`key`), so that a run of many
+ * short scenarios starts one QEMU per worker instead of one per case. A case gets a machine
+ * that a passing case gave back after proving it as empty as a fresh one (see
+ * `CaseContext.reusableMachine`); a machine of a failed, timed-out or interrupted case is
+ * killed, never handed on. Idle machines are shut down when the run ends and killed when it is
+ * interrupted.
+ */
+export class MachinePool {
+  readonly #idle = new Map<string, QemuMachine[]>();
+  readonly #live = new Set<QemuMachine>();
+  readonly #logs = new Map<QemuMachine, string>();
+  #made = 0;
+  #closed = false;
+
+  /** An idle machine of `key`, else a new one from `make` (not launched: `launched` false). */
+  take(key: string, make: (index: number) => { machine: QemuMachine; log: string }): { machine: QemuMachine; launched: boolean } {
+    const idle = this.#idle.get(key)?.pop();
+    if (idle !== undefined) return { machine: idle, launched: true };
+    const { machine, log } = make(this.#made++);
+    this.#live.add(machine);
+    this.#logs.set(machine, log);
+    return { machine, launched: false };
+  }
+
+  /** The log file of a machine of the pool (every case it served wrote to it). */
+  logOf(machine: QemuMachine): string | undefined {
+    return this.#logs.get(machine);
+  }
+
+  /** Hands `machine` to the next case of `key`; a pool that is closed, or a machine not running, stops it instead. */
+  give(key: string, machine: QemuMachine): void {
+    if (this.#closed || machine.state !== 'running') {
+      this.drop(machine);
+      return;
+    }
+    const idle = this.#idle.get(key) ?? [];
+    idle.push(machine);
+    this.#idle.set(key, idle);
+  }
+
+  /** Kills `machine` and forgets it (a failed or killed case's machine). */
+  drop(machine: QemuMachine): void {
+    this.#live.delete(machine);
+    this.#logs.delete(machine);
+    for (const idle of this.#idle.values()) {
+      const at = idle.indexOf(machine);
+      if (at >= 0) idle.splice(at, 1);
+    }
+    machine.kill('SIGKILL');
+  }
+
+  /** Kills every machine at once (the run was interrupted). */
+  killAll(): void {
+    this.#closed = true;
+    for (const machine of this.#live) machine.kill('SIGKILL');
+    this.#live.clear();
+    this.#idle.clear();
+  }
+
+  /** Shuts the idle machines down (the run has ended); machines still in use are killed. */
+  async closeAll(): Promise<void> {
+    this.#closed = true;
+    const idle = [...this.#idle.values()].flat();
+    this.#idle.clear();
+    for (const machine of this.#live) if (!idle.includes(machine)) machine.kill('SIGKILL');
+    this.#live.clear();
+    await Promise.allSettled(idle.map((m) => m.shutdown({ timeout: 5_000 }).catch(() => m.kill('SIGKILL'))));
+  }
+}
+
 function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
@@ -185,6 +256,8 @@ export class CaseContext {
   readonly #observer: MachineObserver;
   readonly #checks: Readonly<Record<string, CheckDefinition>>;
   readonly #fixtures: RunFixtures;
+  readonly #pool: MachinePool;
+  readonly #handBacks = new Map<QemuMachine, () => void>();
   #machines = 0;
 
   constructor(
@@ -194,6 +267,7 @@ export class CaseContext {
     observer: MachineObserver,
     checks: Readonly<Record<string, CheckDefinition>>,
     fixtures: RunFixtures = new RunFixtures(),
+    pool: MachinePool = new MachinePool(),
   ) {
     this.id = scope.id;
     this.dir = scope.dir;
@@ -204,6 +278,7 @@ export class CaseContext {
     this.#observer = observer;
     this.#checks = checks;
     this.#fixtures = fixtures;
+    this.#pool = pool;
   }
 
   /** The run's fixture `key`, made by `create` for the first case that asks (see `RunFixtures`). */
@@ -282,6 +357,60 @@ export class CaseContext {
       });
     });
     return machine;
+  }
+
+  /**
+   * A running machine of kind `key` that the case may hand on to the next case of that kind:
+   * one given back by an earlier case, or a new one launched now (its socket and log in the
+   * run's directory). The case must leave it as a fresh launch finds it (no block node, no
+   * job) and say so with `handBack(machine)`; unless it does and passes, the machine is
+   * killed when the case ends (its log copied into the case directory as `qemu.log` first, for
+   * `--keep-artifacts`). It is killed on timeout and interruption as the case's own machines are.
+   */
+  async reusableMachine(key: string): Promise<QemuMachine> {
+    const runDir = this.#scope.runDir;
+    const { machine, launched } = this.#pool.take(key, (index) => {
+      const log = join(runDir, `${key}-${index}.log`);
+      const made = new QemuMachine({
+        ...(this.tools.qemuSystem === undefined ? {} : { binary: this.tools.qemuSystem }),
+        tmpDir: runDir,
+        logFile: log,
+      });
+      return { machine: made, log };
+    });
+    let handedBack = false;
+    let given = false;
+    this.#handBacks.set(machine, () => {
+      handedBack = true;
+    });
+    // The runner calls kill hooks on timeout and interruption, and once more after every case's
+    // teardown: by then a machine given to the next case is no longer this case's to kill.
+    this.#scope.onKill(() => {
+      if (!given) this.#pool.drop(machine);
+    });
+    this.#scope.onTeardown(async (failed) => {
+      this.#handBacks.delete(machine);
+      if (handedBack && !failed && machine.state === 'running') {
+        given = true;
+        this.#pool.give(key, machine);
+        return;
+      }
+      const log = this.#pool.logOf(machine);
+      if (failed && log !== undefined) await copyFile(log, this.path('qemu.log')).catch(() => undefined);
+      this.#pool.drop(machine);
+    });
+    if (!launched) await this.launch(machine);
+    return machine;
+  }
+
+  /**
+   * The case leaves `machine` (from `reusableMachine`) as it found it: it goes to the next
+   * case of its kind if this case passes.
+   */
+  handBack(machine: QemuMachine): void {
+    const handBack = this.#handBacks.get(machine);
+    if (handBack === undefined) throw new Error('handBack: not a machine of this case from reusableMachine()');
+    handBack();
   }
 
   /** Launch `machine` under the case's signal and note QEMU's version for the report. */

@@ -17,7 +17,7 @@ export {
   summarize,
 } from './reporters.js';
 export type { JsonCase, JsonReport, QemuDescription, SuiteSummary } from './reporters.js';
-export { CaseContext, RunFixtures } from './context.js';
+export { CaseContext, MachinePool, RunFixtures } from './context.js';
 export type { FixtureScope, MachineObserver, SharedFixture, SuiteTools, TemplateSource } from './context.js';
 export {
   BinaryNotFoundError,

@@ -5,7 +5,7 @@ import { blkdebugCases } from './cases/blkdebug.js';
 import { IOTEST_124_CHECKS } from './cases/checks.js';
 import { incrementalBackupCases } from './cases/incremental-backup.js';
 import { imageTemplates } from './cases/scenario.js';
-import { CaseContext, ImageTemplates, makeTools, RunFixtures, type SuiteTools } from './context.js';
+import { CaseContext, ImageTemplates, MachinePool, makeTools, RunFixtures, type SuiteTools } from './context.js';
 import type { CheckDefinition } from './checks.js';
 import { BinaryNotFoundError, ScratchDirError } from './errors.js';
 import { SUITE_IDS, type BinaryOptions, type SuiteId } from './options.js';
@@ -160,6 +160,7 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
   );
   const templates = new ImageTemplates(tools);
   const fixtures = new RunFixtures();
+  const pool = new MachinePool();
   let version: string | undefined;
   const onVersion = (v: string): void => {
     version ??= v;
@@ -167,10 +168,12 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
   const ids = selected.map((c) => c.id);
   const run = await runCases<CaseContext>({
     cases: selected,
-    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }, suiteChecks[suiteOf(scope.id)], fixtures),
+    makeContext: (scope) => new CaseContext(scope, tools, templates, { onVersion }, suiteChecks[suiteOf(scope.id)], fixtures, pool),
     // The 124 cases start from drive0, the transaction cases also from drive1; the 257 API rows
     // share one QEMU. Built while the first machines start, so no case waits for them.
     onRunStart: (runDir, signal) => {
+      // Interrupted (or ended): whatever the pool still holds is killed.
+      signal.addEventListener('abort', () => pool.killAll(), { once: true });
       const has124 = ids.some((id) => suiteOf(id) === '124');
       for (const template of has124 ? imageTemplates(ids) : []) {
         templates.prefetch(template.name, template.writes, runDir, signal);
@@ -181,7 +184,9 @@ export async function runConformance(options: RunConformanceOptions = {}): Promi
         }
       }
     },
-    onRunEnd: () => fixtures.disposeAll(),
+    onRunEnd: async () => {
+      await Promise.all([fixtures.disposeAll(), pool.closeAll()]);
+    },
     jobs: options.jobs ?? 1,
     timeoutMs: options.timeoutMs ?? 60_000,
     keepArtifacts: options.keepArtifacts ?? false,

@@ -5,6 +5,7 @@ import {
   createTargetNode,
   listBitmaps,
   removeBitmap,
+  removeNode,
   startBlockdevBackup,
   type BackupJob,
   type BitmapStatus,
@@ -47,6 +48,8 @@ export interface ScenarioParams {
 const EIO = 'Input/output error';
 const DRIVE = 'drive0';
 const FILTER = 'backup-top';
+/** The kind of QEMU the scenarios hand on to each other (see `CaseContext.reusableMachine`). */
+const MACHINE = '257.scenario';
 
 /**
  * blkdebug for the 'intermediate' failure: the flush just before test backup #1 arms it (state
@@ -101,7 +104,9 @@ interface JobEvent {
 class BitmapSyncScenario {
   readonly ctx: CaseContext;
   readonly params: ScenarioParams;
-  readonly vm: QemuMachine;
+  #vm: QemuMachine | undefined;
+  /** Nodes this scenario added, in order (removed at the end, where the reference shuts QEMU down). */
+  readonly nodes: string[] = [];
   readonly model = new BitmapModel();
   /** Clusters holding data (what sync 'top' copies and sync 'full' reads). */
   readonly allocated = new Set<number>();
@@ -112,7 +117,11 @@ class BitmapSyncScenario {
   constructor(ctx: CaseContext, params: ScenarioParams) {
     this.ctx = ctx;
     this.params = params;
-    this.vm = ctx.newMachine();
+  }
+
+  get vm(): QemuMachine {
+    if (this.#vm === undefined) throw new Error('the scenario has no machine yet');
+    return this.#vm;
   }
 
   get call(): { signal: AbortSignal } {
@@ -125,8 +134,10 @@ class BitmapSyncScenario {
 
   async prepare(): Promise<void> {
     const img = this.file('img');
-    // The image is written in-process while QEMU starts.
-    await Promise.all([createQcow2Image(img, { size: SIZE }, this.call), this.ctx.launch(this.vm)]);
+    // The image is written in-process while QEMU starts (or is taken over from the scenario
+    // before, as a fresh launch would leave it: no node, no job; see releaseMachine()).
+    const [, vm] = await Promise.all([createQcow2Image(img, { size: SIZE }, this.call), this.ctx.reusableMachine(MACHINE)]);
+    this.#vm = vm;
     this.version = this.vm.qmp.version.qemu;
     const file: BlockdevOptions = { driver: 'file', filename: img };
     try {
@@ -135,6 +146,7 @@ class BitmapSyncScenario {
         { driver: 'qcow2', 'node-name': DRIVE, file: this.params.failure === 'intermediate' ? blkdebugOver(img, this.version) : file },
         this.call,
       );
+      this.nodes.push(DRIVE);
     } catch (error) {
       if (BlockDriverUnavailableError.isInstance(error)) this.ctx.skip(`this QEMU build has no '${error.driver}' block driver`, error);
       throw error;
@@ -175,6 +187,7 @@ class BitmapSyncScenario {
   /** A new target node `<kind>_target_<n>` on a fresh image file, then blockdev-backup into it. */
   async startBackup(file: string, target: string, args: Omit<BlockdevBackup, 'device' | 'target'>): Promise<BackupJob> {
     await createTargetNode(this.vm.qmp, { nodeName: target, filename: this.file(file), size: SIZE }, this.call);
+    this.nodes.push(target);
     return startBlockdevBackup(
       this.vm.qmp,
       { device: DRIVE, target, 'filter-node-name': FILTER, 'x-perf': { 'max-workers': 1 }, ...args },
@@ -266,9 +279,29 @@ class BitmapSyncScenario {
 
     await removeBitmap(this.vm.qmp, DRIVE, 'bitmap0', this.call);
     await this.expectListing('after removing bitmap0', {}, await this.bitmaps());
-    await this.vm.shutdown({ timeout: 10_000 });
+    await this.releaseMachine();
 
     await this.verify();
+  }
+
+  /**
+   * Where the reference shuts QEMU down: remove every node the scenario added, which closes
+   * (and flushes) its image as a shutdown does, so the verification reads closed images; then
+   * QEMU must hold no block node and no job, as a fresh launch. Only then is it handed to the
+   * next scenario; a scenario that fails before leaves its QEMU to be killed.
+   */
+  async releaseMachine(): Promise<void> {
+    for (const node of [...this.nodes].reverse()) await removeNode(this.vm.qmp, node, this.call);
+    await this.ctx.checking('nodes-released', async () => {
+      const nodes = await this.vm.qmp.execute('query-named-block-nodes', { flat: true }, this.call);
+      const jobs = await this.vm.qmp.execute('query-jobs', undefined, this.call);
+      expectEqual(
+        'block nodes and jobs QEMU holds once the scenario removed its nodes',
+        { nodes: [], jobs: [] },
+        { nodes: nodes.map((n) => n['node-name']), jobs: jobs.map((j) => j.id) },
+      );
+    });
+    this.ctx.handBack(this.vm);
   }
 
   /** The job waits in 'pending' while group 2 is written through the filter; then cancel or finalize. */

@@ -32,6 +32,11 @@ export const IOTEST_257_CHECKS = {
     origin: 'suite',
     description: 'each test backup holds data in exactly the clusters its job had to copy (its own layer), so it copied nothing more',
   },
+  'nodes-released': {
+    origin: 'suite',
+    description:
+      "where the reference shuts QEMU down, every node the scenario added is removed (closing its image as a shutdown does), and then QEMU holds no block node and no job, as a fresh launch: only such a QEMU serves the next scenario",
+  },
   'backup-differs': {
     origin: 'suite',
     description: 'negative control: the drive at the end differs from reference #1 at the first offset written after it (65536)',
