@@ -3,10 +3,13 @@
 //
 // Each round runs `node apps/conformance/dist/cli.js --suite 124`, then `--suite 257`, then both
 // (`--suite all`, what `npm run conformance` runs), each with its defaults (jobs = number of
-// cores, both comparison engines) and a JSON report, then both again with `--compare-with
-// in-process` as the baseline of what the independent verdict (a `qemu-img compare` process
-// beside every in-process comparison) costs; every run must pass every case of its suites (a
-// fast wrong answer is worth nothing). When QEMU's own Python iotests are at hand (`--iotests DIR`, or the tree
+// cores, the default verdict: the SDK's reader and the suite's own qcow2 reader, which must
+// agree) and a JSON report, then both again with `--compare-with in-process` (the SDK's reader
+// alone) as the baseline of what the independent second engine costs; every run must pass
+// every case of its suites (a fast wrong answer is worth nothing). With `--before DIR` (another
+// built checkout of the repository, e.g. of main) each round also runs that checkout's
+// `--suite 124` and `--suite 257`, so a change is measured against what it changes under the
+// same load. When QEMU's own Python iotests are at hand (`--iotests DIR`, or the tree
 // `bench/fetch-iotests.mjs` unpacks into .cache/), the same round also times `check -qcow2 124`
 // and `check -qcow2 257` against the same QEMU binaries, so the ratios compare runs made under
 // the same load. Per run it prints the wall time and the CPU time of the whole process tree;
@@ -17,9 +20,10 @@
 // wrapper that runs the same command line with `-accel tcg -S` (no guest code runs, as with qtest).
 //
 // The last line is `conformance median_s=TOTAL suite124_s=X suite257_s=Y` followed, with the
-// iotests, by ` iotest124_s=A iotest257_s=B ratio124=X/A ratio257=Y/B`.
+// iotests, by ` iotest124_s=A iotest257_s=B ratio124=X/A ratio257=Y/B`, and with `--before`, by
+// ` before124_s=P before257_s=Q` (and ` before_ratio124=P/A before_ratio257=Q/B`).
 //
-// Usage: node bench/conformance.mjs [--runs 5] [--iotests DIR | --no-iotests] [-- extra CLI options]
+// Usage: node bench/conformance.mjs [--runs 5] [--iotests DIR | --no-iotests] [--before DIR] [-- extra CLI options]
 import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -43,6 +47,9 @@ const option = (name) => {
 };
 const RUNS = Number(option('--runs') ?? 5);
 if (!Number.isSafeInteger(RUNS) || RUNS <= 0) throw new Error('--runs needs a positive integer');
+const beforeRoot = option('--before');
+const beforeCli = beforeRoot === undefined ? undefined : join(beforeRoot, 'apps/conformance/dist/cli.js');
+if (beforeCli !== undefined && !existsSync(beforeCli)) throw new Error(`--before ${beforeRoot}: no built CLI at ${beforeCli}`);
 
 function findIotests() {
   if (ownArgs.includes('--no-iotests')) return undefined;
@@ -93,8 +100,8 @@ async function timed(command, args, options = {}) {
 
 const BASELINE = ['--compare-with', 'in-process'];
 
-async function runSuite(suite, jsonFile, baseline = false) {
-  const run = await timed(process.execPath, [cli, '--suite', suite, '--json', jsonFile, ...(baseline ? BASELINE : []), ...extra]);
+async function runSuite(suite, jsonFile, baseline = false, which = cli) {
+  const run = await timed(process.execPath, [which, '--suite', suite, '--json', jsonFile, ...(baseline ? BASELINE : []), ...extra]);
   const lines = run.stdout.trimEnd().split('\n');
   const last = lines[lines.length - 1];
   const cases = suite === 'all' ? EXPECTED[124] + EXPECTED[257] : EXPECTED[suite];
@@ -156,7 +163,7 @@ try {
     `conformance suites, ${RUNS} rounds, ${availableParallelism()} cores, load average ${loadavg()[0].toFixed(2)}; ` +
       (iotests ? `QEMU's iotests from ${iotests}` : 'no QEMU iotests tree (node bench/fetch-iotests.mjs fetches one): no ratios'),
   );
-  const samples = { 124: [], 257: [], all: [], baseline: [], iotest124: [], iotest257: [] };
+  const samples = { 124: [], 257: [], all: [], baseline: [], before124: [], before257: [], iotest124: [], iotest257: [] };
   const perCase = new Map();
   const fmt = (r) => `wall ${r.wall.toFixed(2)} s cpu ${r.cpu.toFixed(2)} s`;
   for (let i = 1; i <= RUNS; i++) {
@@ -170,6 +177,13 @@ try {
     const baseline = await runSuite('all', join(scratch, `run-${i}-baseline.json`), true);
     samples.baseline.push(baseline);
     parts.push(`all ${BASELINE.join(' ')}: ${fmt(baseline)}`);
+    if (beforeCli !== undefined) {
+      for (const suite of ['124', '257']) {
+        const run = await runSuite(suite, join(scratch, `run-${i}-before-${suite}.json`), false, beforeCli);
+        samples[`before${suite}`].push(run);
+        parts.push(`before ${suite}: ${fmt(run)}`);
+      }
+    }
     if (iotests) {
       for (const number of [124, 257]) {
         const run = await runIotest(iotests, number, scratch, wrapper);
@@ -186,13 +200,19 @@ try {
     if (samples[key].length > 0) console.log(`median ${key}: wall ${med(key).toFixed(3)} s, cpu ${med(key, 'cpu').toFixed(2)} s`);
   }
   console.log(
-    `default (both engines) against the baseline (${BASELINE.join(' ')}): wall ${(med('all') / med('baseline')).toFixed(2)}, cpu ${(med('all', 'cpu') / med('baseline', 'cpu')).toFixed(2)}`,
+    `default verdict (two readers) against the baseline (${BASELINE.join(' ')}): wall ${(med('all') / med('baseline')).toFixed(2)}, cpu ${(med('all', 'cpu') / med('baseline', 'cpu')).toFixed(2)}`,
   );
   let last = `conformance median_s=${med('all').toFixed(3)} suite124_s=${med('124').toFixed(3)} suite257_s=${med('257').toFixed(3)}`;
   if (iotests) {
     last +=
       ` iotest124_s=${med('iotest124').toFixed(3)} iotest257_s=${med('iotest257').toFixed(3)}` +
       ` ratio124=${(med('124') / med('iotest124')).toFixed(2)} ratio257=${(med('257') / med('iotest257')).toFixed(2)}`;
+  }
+  if (beforeCli !== undefined) {
+    last += ` before124_s=${med('before124').toFixed(3)} before257_s=${med('before257').toFixed(3)}`;
+    if (iotests) {
+      last += ` before_ratio124=${(med('before124') / med('iotest124')).toFixed(2)} before_ratio257=${(med('before257') / med('iotest257')).toFixed(2)}`;
+    }
   }
   console.log(last);
 } finally {
