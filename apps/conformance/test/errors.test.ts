@@ -12,6 +12,7 @@ describe('the qmpkit error family', () => {
       CliUsageError: 'usage',
       ConformanceError: 'other',
       RunAbortedError: 'abort',
+      ScratchDirError: 'not-found',
     });
   });
 
