@@ -4,8 +4,10 @@
 // Each mutant of scripts/mutants/catalogue.mjs (one exact text replacement in the source of
 // @qmpkit/backup, @qmpkit/image-tools or @qmpkit/client) is put, alone, into a scratch copy of
 // the built workspace; the mutated package is rebuilt there (tsup without declarations) and the
-// whole conformance suite runs against the installed QEMU. A mutant is killed when the suite
-// does not end "13 passed, 0 failed"; it survives otherwise. The source tree is never touched.
+// conformance suite runs against the installed QEMU: every suite, or those the options after
+// `--` select (e.g. `-- --suite 124`). The unmutated copy runs first and must pass every case;
+// a mutant is killed when the suite does not end "N passed, 0 failed" for the N cases selected,
+// and survives otherwise. The source tree is never touched.
 //
 // Why not StrykerJS: with the real-QEMU suite as its test, Stryker's command runner cannot use
 // per-test coverage, so every mutant it generates costs a whole suite run (about 3 s on two
@@ -17,7 +19,7 @@
 // the catalogue does not expect to (marked `equivalent` or a known `gap`, each with its reason),
 // 2 when a mutant no longer applies (its code moved) or the suite could not run at all.
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,8 +27,13 @@ import { fileURLToPath } from 'node:url';
 import { mutants } from './mutants/catalogue.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const PACKAGES = ['packages/errors', 'packages/schema', 'packages/client', 'packages/image-tools', 'packages/machine', 'packages/backup', 'apps/conformance'];
-const EXPECTED = '13 passed, 0 failed';
+// Every workspace package (pnpm-workspace.yaml: packages/*, apps/*): the copy must hold each one
+// a package links to (e.g. @qmpkit/backup's @qmpkit/nbd), or the suite cannot even load.
+const PACKAGES = ['packages', 'apps'].flatMap((group) =>
+  readdirSync(join(root, group), { withFileTypes: true })
+    .filter((d) => d.isDirectory() && existsSync(join(root, group, d.name, 'package.json')))
+    .map((d) => `${group}/${d.name}`),
+);
 /** Per case: a mutant that hangs a job is killed by the case timeout, not by waiting forever. */
 const CASE_TIMEOUT_S = '20';
 
@@ -111,11 +118,11 @@ function restore(scratch, mutant, source) {
   cpSync(join(scratch, pkg, 'dist.pristine'), join(scratch, pkg, 'dist'), { recursive: true });
 }
 
-function runSuite(scratch, jsonFile) {
+function runSuite(scratch, jsonFile, args = ['--timeout', CASE_TIMEOUT_S, '--json', jsonFile]) {
   return new Promise((resolve, reject) => {
     const started = performance.now();
     const cli = join(scratch, 'apps/conformance/dist/cli.js');
-    const child = spawn(process.execPath, [cli, '--timeout', CASE_TIMEOUT_S, '--json', jsonFile, ...extra], {
+    const child = spawn(process.execPath, [cli, ...args, ...extra], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -152,8 +159,26 @@ process.on('SIGINT', () => {
 
 const results = [];
 let stale = false;
+let EXPECTED;
 try {
-  log(`${selected.length} mutant(s), the conformance suite against the installed QEMU for each`);
+  // The cases the options select, and the unmutated suite passing all of them: a suite that
+  // fails on its own would "kill" every mutant.
+  const listed = await runSuite(scratch, undefined, ['--list']);
+  const cases = listed.stdout.trim().split('\n').filter(Boolean).length;
+  if (listed.code !== 0 || cases === 0) {
+    log(`the suite lists no case: exit ${listed.code ?? listed.signal}: ${listed.stderr.trim()}`);
+    cleanup();
+    process.exit(2);
+  }
+  EXPECTED = `${cases} passed, 0 failed`;
+  const pristine = await runSuite(scratch, join(scratch, 'pristine.json'));
+  const pristineLast = pristine.stdout.trimEnd().split('\n').pop();
+  if (pristine.code !== 0 || pristineLast !== EXPECTED) {
+    log(`the unmutated suite does not pass: exit ${pristine.code ?? pristine.signal}, "${pristineLast}" (expected "${EXPECTED}")`);
+    cleanup();
+    process.exit(2);
+  }
+  log(`${selected.length} mutant(s), the conformance suite (${cases} cases${extra.length ? `, ${extra.join(' ')}` : ''}) against the installed QEMU for each; unmutated: ${pristineLast} in ${(pristine.ms / 1000).toFixed(1)} s`);
   for (const mutant of selected) {
     const pkg = packageOf(mutant.file);
     const { source, error } = apply(scratch, mutant);
@@ -177,7 +202,9 @@ try {
         // The suite did not even run (a module it needs is missing from the scratch copy, ...):
         // that says nothing about the mutant, so it is no kill.
         stale = true;
-        const error = `the suite did not run: exit ${run.code ?? run.signal}: ${(run.stderr || run.stdout).trim().split('\n').slice(0, 3).join(' | ')}`;
+        const output = (run.stderr || run.stdout).trim().split('\n');
+        const named = output.find((l) => /^\w*Error\b|^Error \[/.test(l));
+        const error = `the suite did not run: exit ${run.code ?? run.signal}: ${named ?? output.slice(0, 3).join(' | ')}`;
         log(`BROKEN   ${mutant.id}: ${error}`);
         results.push({ id: mutant.id, status: 'broken', error });
         continue;

@@ -319,6 +319,22 @@ export class CaseContext {
     return value;
   }
 
+  /**
+   * Work done for the named check whose pass is counted elsewhere (e.g. comparisons made
+   * together and judged one by one): a failure of the app's own kind, such as two verdict
+   * engines disagreeing, is labelled with the check; nothing is counted.
+   */
+  async gathering<T>(name: string, work: Promise<T>): Promise<T> {
+    const definition = this.#checks[name];
+    if (definition === undefined) throw new Error(`unknown check ${name}`);
+    try {
+      return await work;
+    } catch (error) {
+      if (ConformanceError.isInstance(error)) error.forCheck({ name, origin: definition.origin });
+      throw error;
+    }
+  }
+
   get qemuIo(): QemuIo {
     return this.tools.qemuIo;
   }

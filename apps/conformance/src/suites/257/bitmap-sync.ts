@@ -365,7 +365,7 @@ class BitmapSyncScenario {
    * see a backup that copied more than it had to.
    */
   async checkClusters(image: 'bsync1' | 'bsync2'): Promise<void> {
-    const extents = await this.ctx.tools.mapData(this.file(image), this.ctx.signal);
+    const extents = await this.ctx.gathering('backup-clusters', this.ctx.tools.mapData(this.file(image), this.ctx.signal));
     const held: number[] = [];
     for (const e of extents) {
       if (e.depth !== 0) continue;
@@ -394,10 +394,10 @@ class BitmapSyncScenario {
     ];
     // Negative control: the same comparison must be able to say "different", and where: the
     // drive gained data after reference #1 first at cluster 1 (write #2's 0x74 at 0x10000).
-    const control = this.ctx.compare(this.file('img'), this.file('fbackup1'));
+    const control = this.ctx.gathering('backup-differs', this.ctx.compare(this.file('img'), this.file('fbackup1')));
     control.catch(() => undefined);
     const [results] = await Promise.all([
-      Promise.all(checks.map(([a, b]) => this.ctx.compare(this.file(a), this.file(b)))),
+      Promise.all(checks.map(([a, b]) => this.ctx.gathering('backup-compare', this.ctx.compare(this.file(a), this.file(b))))),
       this.checkClusters('bsync1'),
       this.checkClusters('bsync2'),
     ]);
