@@ -183,6 +183,7 @@ describe("the suite's qcow2 reader", () => {
       [dataFile, /incompatible features external data file/],
       [raw, /not a qcow2 image/],
       [overRaw, /backing file .*r-raw\.img in format raw, not qcow2/],
+      [path('r-missing.qcow2'), /cannot open it \(ENOENT\)/],
     ];
     for (const [file, reason] of cases) {
       for (const attempt of [compareQcow2(file, plain), mapQcow2Data(file)]) {

@@ -1,8 +1,9 @@
 // The suite's own qcow2 reader: a second verdict engine that shares no code with what the
 // suite tests. It is written here from the qcow2 specification (QEMU's docs/interop/qcow2.txt)
-// and imports nothing of the SDK (`@qmpkit/image-tools` has a reader of its own, which is
-// under test) and, unlike qemu-img, nothing of QEMU either, so a bug in QEMU's block layer
-// cannot both write an image wrongly and read it back the same wrong way.
+// and imports none of the SDK's image code (`@qmpkit/image-tools` has a reader of its own,
+// which is under test; only the error base class every qmpkit error shares comes from the SDK)
+// and, unlike qemu-img, nothing of QEMU either, so a bug in QEMU's block layer cannot both
+// write an image wrongly and read it back the same wrong way.
 //
 // It reads only what the suite's images are: qcow2 (v2 or v3) chains with qcow2 backing files,
 // without encryption, compressed clusters, extended L2 entries or an external data file; any
@@ -65,7 +66,11 @@ class Layer {
     this.file = file;
     this.depth = depth;
     if (depth >= MAX_CHAIN) throw new Qcow2ReaderError(file, `backing chain deeper than ${MAX_CHAIN}`);
-    this.fd = openSync(file, 'r');
+    try {
+      this.fd = openSync(file, 'r');
+    } catch (error) {
+      throw new Qcow2ReaderError(file, `cannot open it (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+    }
     try {
       const stat = fstatSync(this.fd);
       const key = `${stat.dev}:${stat.ino}`;
