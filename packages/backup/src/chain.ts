@@ -87,6 +87,7 @@ import type { BackupQmp, CallOptions } from './qmp.js';
 import { Transaction } from './transaction.js';
 import { completePrune, pruneChain } from './prune.js';
 import type { PruneOptions, PruneResult } from './prune.js';
+import { RunDeadline } from './run-deadline.js';
 import { restoreChain, verifyChain } from './verify.js';
 import type { RestoreOptions, VerifyOptions, VerifyReport } from './verify.js';
 
@@ -942,16 +943,8 @@ export class BackupChainGroup {
     chainId: string,
   ): Promise<ChainRunResult> {
     // Aborted by the caller's signal, the timeout, or the first drive whose copy fails.
-    const stop = new AbortController();
-    let timedOut = false;
-    const timer =
-      options.timeout === undefined
-        ? undefined
-        : setTimeout(() => {
-            timedOut = true;
-            stop.abort(new Error(`timed out after ${String(options.timeout)} ms`));
-          }, options.timeout);
-    const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+    const stop = new RunDeadline(options);
+    const signal = stop.signal;
     const call: CallOptions = { signal };
     const overwrite = options.overwrite === true;
     const writers: Qcow2ImageWriter[] = [];
@@ -1034,7 +1027,7 @@ export class BackupChainGroup {
         }),
       );
       // A fleecing job that ended under the copy explains the failed reads.
-      if (stop.signal.aborted && BackupJobError.isInstance(stop.signal.reason)) throw stop.signal.reason;
+      if (BackupJobError.isInstance(stop.reason)) throw stop.reason;
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
       // Every read happened while the views were the point in time.
@@ -1081,13 +1074,13 @@ export class BackupChainGroup {
     } catch (error) {
       progress.forEach((p) => p.finish(false));
       if (recorded) throw error;
-      const why = options.signal?.aborted === true ? 'abort' : timedOut ? 'timeout' : undefined;
+      const why = options.signal?.aborted === true ? 'abort' : stop.timedOut ? 'timeout' : undefined;
       const message = error instanceof Error ? error.message : String(error);
       await run.rollback(why ? { outcome: 'aborted', error: message } : pointTaken ? { outcome: 'failed', error: message } : undefined);
       if (why) throw new BackupAbortedError(run.id, why, { cause: why === 'abort' ? options.signal?.reason : error });
       throw error;
     } finally {
-      if (timer) clearTimeout(timer);
+      stop.dispose();
     }
   }
 

@@ -18,6 +18,7 @@ import { CopyProgress, SinkWriter, copySegments, planCopy } from './pull-copy.js
 import type { BlockInfo } from './qapi.js';
 import { execute } from './qmp.js';
 import type { BackupQmp, CallOptions } from './qmp.js';
+import { RunDeadline } from './run-deadline.js';
 import { UndoLog } from './undo-log.js';
 
 /** Target cluster size extents are widened to by default: a qcow2 image's default, what a push job copies per cluster. */
@@ -107,17 +108,8 @@ export async function pullBackup(options: PullBackupOptions): Promise<PullBackup
 
   const run = randomUUID();
   const steps = new UndoLog();
-  const stop = new AbortController();
-  const signals = [stop.signal, ...(options.signal ? [options.signal] : [])];
-  let timedOut = false;
-  const timer =
-    options.timeout === undefined
-      ? undefined
-      : setTimeout(() => {
-          timedOut = true;
-          stop.abort(new Error(`timed out after ${String(options.timeout)} ms`));
-        }, options.timeout);
-  const signal = AbortSignal.any(signals);
+  const stop = new RunDeadline(options);
+  const signal = stop.signal;
   const call: CallOptions = { signal };
   const writer = new SinkWriter(sink, node, signal);
   const progress = new CopyProgress(options.onProgress, `qmpkit-pull-${run.slice(0, 8)}`, node, options.progressInterval);
@@ -200,11 +192,11 @@ export async function pullBackup(options: PullBackupOptions): Promise<PullBackup
     if (nbd) await nbd.close().catch(() => undefined);
     await steps.undoAll();
     if (options.signal?.aborted === true) throw new BackupAbortedError(run, 'abort', { cause: options.signal.reason });
-    if (timedOut) throw new BackupAbortedError(run, 'timeout', { cause: error });
+    if (stop.timedOut) throw new BackupAbortedError(run, 'timeout', { cause: error });
     // The fleecing job ended under the copy: its error says why, not the reads it broke.
-    if (stop.signal.aborted && BackupJobError.isInstance(stop.signal.reason)) throw stop.signal.reason;
+    if (BackupJobError.isInstance(stop.reason)) throw stop.reason;
     throw error;
   } finally {
-    if (timer) clearTimeout(timer);
+    stop.dispose();
   }
 }
